@@ -1,0 +1,106 @@
+"""Settings shared by every tunplug command, from flags, ``TUNPLUG_*`` variables and defaults.
+
+Who calls it: the CLIs (through :func:`load_settings`) and :class:`tunplug.app.App`. A bad value
+becomes one :class:`~tunplug.exceptions.ConfigError` naming the flag or variable to fix; the CLIs
+print it as one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tunplug.exceptions import ConfigError
+
+ENV_PREFIX = "TUNPLUG_"
+
+LogLevel = Literal["trace", "debug", "info", "warning", "error"]
+
+
+class TunplugSettings(BaseSettings):
+    """Every setting, with its environment variable (``TUNPLUG_`` + the field name in capitals).
+
+    Flags win over variables, variables over defaults.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, populate_by_name=True
+    )
+
+    tun_backend: str = Field(
+        "auto",
+        description="TUN backend name; 'auto' picks the one for this operating system",
+        min_length=1,
+    )
+    tun_threads: int = Field(
+        1, ge=1, le=64, description="device queues, each with its own reader and writer thread"
+    )
+    batch_size: int = Field(100, ge=1, le=1024, description="packets per batch, each direction")
+    offloads: bool = Field(True, description="use TSO/GRO and UDP GSO/GRO when available")
+    crypto_backend: str = Field("cryptography", min_length=1, description="crypto backend name")
+    log_level: LogLevel = Field(
+        "info",
+        validation_alias=AliasChoices("log_level", "tunplug_log", "tunplug_log_level"),
+        description="log verbosity (TUNPLUG_LOG)",
+    )
+    disable_plugins: str = Field(
+        "", description="comma-separated plugin names that are not loaded"
+    )
+    disable_plugin_autoload: bool = Field(
+        False, description="do not load third-party plugins from entry points"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def blocked_plugins(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.disable_plugins.split(",") if name.strip())
+
+
+_ENV_NAMES = {"log_level": "TUNPLUG_LOG"}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return _ENV_NAMES.get(field, ENV_PREFIX + field.upper())
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+) -> TunplugSettings:
+    """Build settings from ``overrides`` (command-line values), the environment and defaults.
+
+    ``flags`` maps a field name to the flag that set it, so that an error names what the user
+    typed. :raises ConfigError: a value is invalid; the message is one line.
+    """
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    try:
+        return TunplugSettings(**given)
+    except ValidationError as exc:
+        raise _config_error(exc, given, flags or {}) from None
+
+
+def _config_error(
+    exc: ValidationError, given: Mapping[str, Any], flags: Mapping[str, str]
+) -> ConfigError:
+    first = exc.errors()[0]
+    loc = first["loc"]
+    field = str(loc[0]) if loc else "settings"
+    if field.startswith("tunplug_"):
+        field = field.removeprefix("tunplug_")
+    if field in given:
+        setting = flags.get(field, f"--{field.replace('_', '-')}")
+    else:
+        setting = env_name(field)
+    value = first.get("input")
+    message = str(first["msg"])
+    shown = f" (got {value!r})" if isinstance(value, str | int | float) else ""
+    return ConfigError(setting, f"{message[0].lower()}{message[1:]}{shown}")

@@ -1,0 +1,105 @@
+"""The crypto backend contract: the primitives WireGuard needs, behind one small ABC.
+
+Who calls it: the sans-IO WireGuard protocol (:mod:`tunplug.wireguard`). Who implements it: the
+crypto plugins (``cryptography`` by default, ``sodium`` on PyNaCl), registered through the
+``tunplug_register_crypto_backends`` hook. Every backend passes the same conformance tests
+(``tests/plugins/crypto/``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from tunplug.exceptions import TunplugError
+
+
+class DecryptionFailed(TunplugError):
+    """An AEAD tag did not verify (wrong key, tampered or truncated data)."""
+
+
+class Aead(ABC):
+    """ChaCha20-Poly1305 with one fixed key, as WireGuard uses it.
+
+    The 96-bit nonce is 4 zero bytes followed by the little-endian 64-bit ``counter``.
+    """
+
+    @abstractmethod
+    def seal(self, counter: int, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:
+        """Encrypt and authenticate; returns ciphertext with the 16-byte tag appended."""
+
+    @abstractmethod
+    def open(self, counter: int, ciphertext: bytes | memoryview, aad: bytes = b"") -> bytes:
+        """Verify and decrypt. :raises DecryptionFailed: the tag does not verify."""
+
+    def seal_many(
+        self, counters: Sequence[int], plaintexts: Sequence[bytes | memoryview]
+    ) -> list[bytes]:
+        """Encrypt a batch with empty AAD (transport data). Backends may do this faster."""
+        return [self.seal(c, p) for c, p in zip(counters, plaintexts, strict=True)]
+
+    def open_many(
+        self, counters: Sequence[int], ciphertexts: Sequence[bytes | memoryview]
+    ) -> list[bytes | None]:
+        """Decrypt a batch with empty AAD; ``None`` marks a packet whose tag failed."""
+        out: list[bytes | None] = []
+        for counter, ciphertext in zip(counters, ciphertexts, strict=True):
+            try:
+                out.append(self.open(counter, ciphertext))
+            except DecryptionFailed:
+                out.append(None)
+        return out
+
+
+class CryptoBackend(ABC):
+    """X25519, ChaCha20-Poly1305, XChaCha20-Poly1305 and BLAKE2s for WireGuard."""
+
+    #: The registered name, e.g. ``"cryptography"``.
+    name: ClassVar[str]
+    #: One line for ``tunplug plugins``.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Say why this backend cannot be used here (e.g. its library is missing), or ``None``."""
+        return None
+
+    # X25519
+    @abstractmethod
+    def generate_private_key(self) -> bytes:
+        """Return a new clamped 32-byte X25519 private key (as ``wg genkey`` does)."""
+
+    @abstractmethod
+    def public_key(self, private_key: bytes) -> bytes:
+        """Return the 32-byte public key of ``private_key``."""
+
+    @abstractmethod
+    def dh(self, private_key: bytes, public_key: bytes) -> bytes:
+        """X25519 shared secret. :raises DecryptionFailed: the result is all zeros."""
+
+    # BLAKE2s
+    @abstractmethod
+    def hash(self, data: bytes) -> bytes:
+        """BLAKE2s-256 of ``data``."""
+
+    @abstractmethod
+    def hmac(self, key: bytes, data: bytes) -> bytes:
+        """HMAC-BLAKE2s-256 (the Noise HKDF building block)."""
+
+    @abstractmethod
+    def mac(self, key: bytes, data: bytes) -> bytes:
+        """Keyed BLAKE2s with a 16-byte digest (WireGuard's mac1/mac2/cookie MAC)."""
+
+    # AEADs
+    @abstractmethod
+    def aead(self, key: bytes) -> Aead:
+        """Return a ChaCha20-Poly1305 object for ``key`` (32 bytes)."""
+
+    @abstractmethod
+    def xseal(self, key: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+        """XChaCha20-Poly1305 encrypt with a 24-byte nonce (cookie replies)."""
+
+    @abstractmethod
+    def xopen(self, key: bytes, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytes:
+        """XChaCha20-Poly1305 decrypt. :raises DecryptionFailed: the tag does not verify."""

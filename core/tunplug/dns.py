@@ -1,0 +1,53 @@
+"""The DNS manager contract: point the system resolver at the tunnel and put it back.
+
+Who calls it: the headless client, after the device is up and before it goes down. Who
+implements it: :mod:`tunplug_dns` (``systemd-resolved``, ``etc-resolv-conf``, ``disabled``) and
+third-party plugins, registered through ``tunplug_register_dns_managers``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+from typing import ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class DnsSettings:
+    """What the tunnel wants the resolver to use.
+
+    ``full_tunnel`` asks that every query go to ``servers`` (``~.`` with systemd-resolved),
+    not only those for ``domains``.
+    """
+
+    interface: str
+    servers: tuple[IPv4Address | IPv6Address, ...] = ()
+    domains: tuple[str, ...] = ()
+    full_tunnel: bool = False
+
+
+class DnsManager(ABC):
+    """Applies :class:`DnsSettings` to the system and restores what was there before.
+
+    Errors: :class:`~tunplug.exceptions.TunplugError` subclasses with a message that says what
+    to fix; a manager never leaves the resolver half-configured when ``activate`` fails.
+    """
+
+    #: The registered name, used by ``--dns-control``.
+    name: ClassVar[str]
+    #: One line for ``tunplug plugins``.
+    description: ClassVar[str] = ""
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Say why this manager cannot work here, or return ``None``."""
+        return None
+
+    @abstractmethod
+    async def activate(self, settings: DnsSettings) -> None:
+        """Point the resolver at the tunnel's servers."""
+
+    @abstractmethod
+    async def deactivate(self) -> None:
+        """Restore the resolver as it was. Idempotent; also recovers after a crash."""

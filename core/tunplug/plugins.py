@@ -1,0 +1,280 @@
+"""Plugin loading and the typed facade over tunplug's hooks.
+
+Who calls it: :class:`tunplug.app.App` builds one :class:`PluginHost` per application (nothing
+happens at import time), and ``tunplug plugins`` lists what it found. Tests build hosts with
+only the plugins they choose (see the ``tunplug_plugin_host`` fixture).
+
+Where plugins come from, in order: the builtin modules in :data:`BUILTIN_PLUGINS`, then entry
+points in group ``tunplug`` (skipped with ``TUNPLUG_DISABLE_PLUGIN_AUTOLOAD=1``). Any of them can
+be blocked by name with ``TUNPLUG_DISABLE_PLUGINS=name,name``. A plugin that fails to import is
+recorded with its error and the others still load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+import pluggy
+
+from tunplug import hookspecs
+from tunplug._marker import PROJECT_NAME
+from tunplug.config import TunplugSettings
+from tunplug.crypto import CryptoBackend
+from tunplug.dns import DnsManager
+from tunplug.events import TunnelInfo
+from tunplug.exceptions import PluginError
+from tunplug.pipeline import Pipeline, Stage
+from tunplug.tun import Tun
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "tunplug"
+
+#: The plugins shipped in the ``tunplug`` distribution: (plugin name, module).
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("tun-linux-mq", "tunplug_tun_linux_mq.plugin"),
+    ("tun-wintun", "tunplug_tun_wintun.plugin"),
+    ("tun-darwin", "tunplug_tun_darwin.plugin"),
+    ("tun-fake", "tunplug.testing.fake"),
+    ("dns", "tunplug_dns.plugin"),
+    ("crypto-cryptography", "tunplug_crypto_cryptography.plugin"),
+    ("crypto-sodium", "tunplug_crypto_sodium.plugin"),
+)
+
+Source = Literal["builtin", "entry-point", "direct"]
+Kind = Literal["tun", "dns", "crypto"]
+
+T = TypeVar("T")
+
+_REGISTRATION_HOOKS: dict[Kind, tuple[str, str]] = {
+    "tun": ("tunplug_register_tun_backends", "backend_name"),
+    "dns": ("tunplug_register_dns_managers", "name"),
+    "crypto": ("tunplug_register_crypto_backends", "name"),
+}
+
+
+@dataclass(slots=True)
+class PluginRecord:
+    """One plugin as ``tunplug plugins`` shows it."""
+
+    name: str
+    module: str
+    source: Source
+    distribution: str
+    version: str
+    blocked: bool = False
+    error: str | None = None
+    provides: dict[Kind, list[str]] = field(default_factory=dict)
+
+    @property
+    def loaded(self) -> bool:
+        return not self.blocked and self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Generic[T]):
+    """A backend class and the plugin that registered it."""
+
+    cls: T
+    plugin: str
+
+
+def _own_distribution() -> tuple[str, str]:
+    try:
+        return "tunplug", importlib.metadata.version("tunplug")
+    except importlib.metadata.PackageNotFoundError:
+        from tunplug import __version__
+
+        return "tunplug", __version__
+
+
+class PluginHost:
+    """A fresh pluggy manager with tunplug's hookspecs, and typed access to every hook.
+
+    ``blocked`` names plugins not to load; ``autoload`` loads entry points; ``builtins`` lists
+    the builtin plugin modules (tests pass a subset). Call :meth:`load` once.
+    """
+
+    def __init__(
+        self,
+        *,
+        blocked: Iterable[str] = (),
+        autoload: bool = True,
+        builtins: Sequence[tuple[str, str]] = BUILTIN_PLUGINS,
+    ) -> None:
+        self.pm = pluggy.PluginManager(PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self.blocked = frozenset(blocked)
+        self.autoload = autoload
+        self.builtins = tuple(builtins)
+        self.records: dict[str, PluginRecord] = {}
+        self._registries: dict[Kind, dict[str, Registered[Any]]] = {}
+        self._loaded = False
+
+    @classmethod
+    def from_settings(cls, settings: TunplugSettings) -> PluginHost:
+        host = cls(blocked=settings.blocked_plugins, autoload=not settings.disable_plugin_autoload)
+        host.load()
+        return host
+
+    # -- loading --------------------------------------------------------------------------
+    def load(self) -> None:
+        """Import and register the builtin plugins, then (with autoload) the entry points."""
+        if self._loaded:
+            raise RuntimeError("PluginHost.load() called twice")
+        self._loaded = True
+        own_dist, own_version = _own_distribution()
+        for name, module in self.builtins:
+            self._load_one(
+                name, module, "builtin", own_dist, own_version, lambda m=module: _import(m)
+            )
+        if self.autoload:
+            for ep in sorted(
+                importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+            ):
+                if ep.name in self.records:
+                    continue  # the same distribution seen twice on sys.path
+                dist = ep.dist
+                self._load_one(
+                    ep.name,
+                    ep.value,
+                    "entry-point",
+                    dist.name if dist else "?",
+                    dist.version if dist else "?",
+                    ep.load,
+                )
+        self.pm.check_pending()
+        for kind in _REGISTRATION_HOOKS:
+            self._registry(kind)
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register an already-imported plugin object (tests, embedding applications)."""
+        self._loaded = True
+        record = PluginRecord(name, type(plugin).__name__, "direct", "(direct)", "")
+        self.records[name] = record
+        self._register(plugin, record)
+        self._registries.clear()
+
+    def _load_one(
+        self,
+        name: str,
+        module: str,
+        source: Source,
+        dist: str,
+        version: str,
+        loader: Callable[[], object],
+    ) -> None:
+        record = PluginRecord(name, module, source, dist, version)
+        self.records[name] = record
+        if name in self.blocked:
+            record.blocked = True
+            self.pm.set_blocked(name)
+            log.debug("plugin %s is blocked by TUNPLUG_DISABLE_PLUGINS", name)
+            return
+        try:
+            plugin = loader()
+        except Exception as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            log.warning("plugin %s (%s) failed to import: %s", name, dist, record.error)
+            return
+        self._register(plugin, record)
+
+    def _register(self, plugin: object, record: PluginRecord) -> None:
+        try:
+            self.pm.register(plugin, name=record.name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            record.error = f"invalid plugin: {exc}"
+            log.warning("plugin %s (%s) is invalid: %s", record.name, record.distribution, exc)
+            return
+        unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
+        if unknown:
+            self.pm.unregister(plugin)
+            record.error = f"implements unknown hook(s): {', '.join(sorted(unknown))}"
+            log.warning("plugin %s (%s) %s", record.name, record.distribution, record.error)
+
+    # -- registries -----------------------------------------------------------------------
+    def _registry(self, kind: Kind) -> dict[str, Registered[Any]]:
+        if kind in self._registries:
+            return self._registries[kind]
+        hook_name, key = _REGISTRATION_HOOKS[kind]
+        registry: dict[str, Registered[Any]] = {}
+        # pluggy lists implementations last-registered first; registries follow load order.
+        for impl in _plain_impls(self.pm, hook_name):
+            record = self.records[impl.plugin_name]
+            for cls in impl.function() or ():
+                backend_name = getattr(cls, key, None)
+                if not isinstance(backend_name, str) or not backend_name:
+                    raise PluginError(
+                        f"plugin {record.name} ({record.distribution}) registered {cls!r} "
+                        f"without a {key!r} string attribute"
+                    )
+                if backend_name in registry:
+                    other = self.records[registry[backend_name].plugin]
+                    raise PluginError(
+                        f"{kind} backend name {backend_name!r} is claimed by two plugins: "
+                        f"{other.name} from {other.distribution} {other.version} and "
+                        f"{record.name} from {record.distribution} {record.version}; "
+                        f"block one with TUNPLUG_DISABLE_PLUGINS"
+                    )
+                registry[backend_name] = Registered(cls, impl.plugin_name)
+                record.provides.setdefault(kind, []).append(backend_name)
+        self._registries[kind] = registry
+        return registry
+
+    def tun_backends(self) -> Mapping[str, type[Tun]]:
+        return {name: reg.cls for name, reg in self._registry("tun").items()}
+
+    def dns_managers(self) -> Mapping[str, type[DnsManager]]:
+        return {name: reg.cls for name, reg in self._registry("dns").items()}
+
+    def crypto_backends(self) -> Mapping[str, type[CryptoBackend]]:
+        return {name: reg.cls for name, reg in self._registry("crypto").items()}
+
+    # -- startup and lifecycle ------------------------------------------------------------
+    def pipeline(self, settings: TunplugSettings, tunnel: TunnelInfo) -> Pipeline:
+        """Collect every plugin's stages for ``tunnel``, in plugin load order."""
+        results: list[Sequence[Stage]] = self.pm.hook.tunplug_pipeline_stages(
+            settings=settings, tunnel=tunnel
+        )
+        stages: list[Stage] = []
+        for batch in reversed(results):
+            for stage in batch:
+                if not isinstance(stage, Stage):
+                    raise PluginError(f"pipeline stage {stage!r} lacks name/outbound/inbound")
+                stages.append(stage)
+        return Pipeline(tuple(stages))
+
+    def notify_configured(self, settings: TunplugSettings) -> None:
+        self.pm.hook.tunplug_configured(settings=settings)
+
+    def notify_tunnel_up(self, tunnel: TunnelInfo) -> None:
+        self._notify_each("tunplug_tunnel_up", tunnel=tunnel)
+
+    def notify_tunnel_down(self, tunnel: TunnelInfo, error: BaseException | None) -> None:
+        self._notify_each("tunplug_tunnel_down", tunnel=tunnel, error=error)
+
+    def _notify_each(self, hook_name: str, **kwargs: Any) -> None:
+        for impl in _plain_impls(self.pm, hook_name):
+            try:
+                impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except Exception:
+                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+
+    def describe(self) -> list[PluginRecord]:
+        """Every plugin seen, loaded or not, in load order."""
+        return list(self.records.values())
+
+
+def _plain_impls(pm: pluggy.PluginManager, hook_name: str) -> list[pluggy.HookImpl]:
+    """A hook's non-wrapper implementations in plugin load order, for calling one by one."""
+    impls = getattr(pm.hook, hook_name).get_hookimpls()
+    return [impl for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
+
+
+def _import(module: str) -> object:
+    return importlib.import_module(module)

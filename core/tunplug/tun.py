@@ -1,0 +1,167 @@
+"""The TUN device contract that every backend implements.
+
+Who calls it: the tunnel engine (:mod:`tunplug.engine`) reads batches of IP packets from a
+:class:`Tun`, sends them through the pipeline and WireGuard, and writes decrypted packets back.
+Who implements it: the TUN backends (``linux-mq``, ``wintun``, ``darwin``, ``fake`` and any
+third-party backend), registered through the ``tunplug_register_tun_backends`` hook.
+
+The contract follows Firezone's ``Tun`` trait: batch receive, explicit send-readiness
+(backpressure) and send. A backend never buffers without bound: when the device cannot keep up,
+:meth:`Tun.send_ready` waits, and the engine stops reading from the network meanwhile.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Interface, IPv6Interface
+from types import TracebackType
+from typing import ClassVar, Self
+
+#: A packet handed to :meth:`Tun.send`: any bytes-like object holding one IP packet.
+Packet = bytes | bytearray | memoryview
+
+#: The largest batch :meth:`Tun.recv_many` returns by default (Firezone's figure).
+DEFAULT_BATCH = 100
+
+#: The MTU WireGuard uses by default: 1500 minus 80 bytes of IPv6 + UDP + WireGuard overhead.
+DEFAULT_MTU = 1420
+
+
+@dataclass(frozen=True, slots=True)
+class TunOptions:
+    """What the engine asks of a backend when it opens a device.
+
+    ``name`` is the interface name (``None`` lets the backend choose, e.g. ``tunplug0`` or
+    ``utunN``). ``queues`` is the number of device queues and threads; backends without
+    multi-queue support ignore values above 1 and report ``queues == 1``. ``batch_size`` bounds
+    :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for TSO/GRO
+    when the backend and kernel support them (silently off otherwise; the device says which in
+    :attr:`Tun.offloads`).
+    """
+
+    name: str | None = None
+    mtu: int = DEFAULT_MTU
+    queues: int = 1
+    batch_size: int = DEFAULT_BATCH
+    offloads: bool = False
+    addresses: tuple[IPv4Interface | IPv6Interface, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not 576 <= self.mtu <= 65535:
+            raise ValueError(f"mtu must be between 576 and 65535, not {self.mtu}")
+        if self.queues < 1:
+            raise ValueError(f"queues must be at least 1, not {self.queues}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
+
+
+class Tun(ABC):
+    """An open TUN device carrying IP packets (no link-layer header) in both directions.
+
+    Open one with the backend's :meth:`create`, and use it as an async context manager, or call
+    :meth:`aclose` yourself::
+
+        async with await LinuxMultiQueueTun.create(TunOptions(name="tunplug0")) as tun:
+            packets = await tun.recv_many()
+
+    Concurrency: one task may wait in :meth:`recv_many` while another uses :meth:`send_ready` and
+    :meth:`send`. Two tasks receiving at once, or two sending at once, is not supported.
+
+    Errors: every method may raise :class:`~tunplug.exceptions.ClosedResource` once the device is
+    closed (by :meth:`aclose`, or from outside, e.g. the interface was deleted), and
+    :class:`~tunplug.exceptions.TunError` (with ``errno``) for any other failure of the device.
+    Backends translate :class:`OSError` with :func:`~tunplug.exceptions.map_os_errors`; no
+    ``OSError`` escapes a backend.
+    """
+
+    #: The backend's registered name, e.g. ``"linux-mq"``. Unique across installed plugins.
+    backend_name: ClassVar[str]
+    #: One line for ``tunplug plugins``.
+    description: ClassVar[str] = ""
+
+    #: The interface name the operating system knows the device by.
+    name: str
+    #: The device MTU in bytes.
+    mtu: int
+    #: How many queues (and I/O threads) the device is driven with.
+    queues: int
+    #: The largest batch :meth:`recv_many` returns and :meth:`send` accepts.
+    batch_size: int
+    #: Whether segmentation offloads are on (packets may then exceed the MTU).
+    offloads: bool = False
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Say why this backend cannot run here, or return ``None`` when it can.
+
+        Called before :meth:`create` and by ``tunplug plugins``. It must not need privileges and
+        must not open anything.
+        """
+        return None
+
+    @classmethod
+    @abstractmethod
+    async def create(cls, options: TunOptions) -> Self:
+        """Create (or attach to the backend's own) device and return it open.
+
+        :raises ~tunplug.exceptions.BackendUnavailable: the backend cannot run on this system.
+        :raises ~tunplug.exceptions.BusyResource: the interface name is held by another process;
+            backends never silently join a device they did not create.
+        :raises ~tunplug.exceptions.PermissionDenied: a privilege is missing (``CAP_NET_ADMIN``).
+        :raises ~tunplug.exceptions.TunError: any other failure, with ``errno`` kept.
+        """
+
+    @abstractmethod
+    async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
+        """Wait until at least one packet has arrived, then return up to ``max_packets``.
+
+        ``max_packets`` defaults to :attr:`batch_size` and may not exceed it. The returned
+        packets may be views into buffers the backend reuses: they stay valid until the next
+        call to ``recv_many``; copy what must outlive it.
+
+        :raises ~tunplug.exceptions.ClosedResource: the device is closed.
+        :raises ~tunplug.exceptions.TunError: reading from the device failed.
+        """
+
+    @abstractmethod
+    async def send_ready(self) -> None:
+        """Wait until the device can take a batch of up to :attr:`batch_size` packets.
+
+        This is the backpressure point: a caller that awaits it before every :meth:`send`
+        never makes the backend buffer more than a bounded amount.
+
+        :raises ~tunplug.exceptions.ClosedResource: the device is closed.
+        """
+
+    @abstractmethod
+    def send(self, packets: Sequence[Packet]) -> None:
+        """Hand up to :attr:`batch_size` packets to the device, without waiting.
+
+        Call :meth:`send_ready` first. Packets of one flow (same addresses, protocol and ports)
+        are written in the order given. A packet the kernel rejects (malformed, too large) is
+        dropped and counted by the backend; it does not fail the batch.
+
+        :raises ValueError: more than :attr:`batch_size` packets were given.
+        :raises ~tunplug.exceptions.ClosedResource: the device is closed.
+        :raises ~tunplug.exceptions.TunError: the device failed.
+        """
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Close the device and stop its threads. Idempotent; never raises for a closed device.
+
+        A device the backend created disappears from the system once it is closed.
+        """
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
