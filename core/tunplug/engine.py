@@ -1,0 +1,156 @@
+"""The tunnel engine: the I/O loop that joins a TUN device, a datagram transport and WireGuard.
+
+Who calls it: the headless client, the gateway, the demo and the test fixtures. It owns no
+protocol logic: the sans-IO :class:`Processor` (:class:`tunplug.wireguard.WireGuardDevice`)
+turns batches of bytes into batches of bytes, and the engine moves them::
+
+    outbound: tun.recv_many -> pipeline.outbound -> processor.encrypt -> transport.send_many
+    inbound:  transport.recv_many -> processor.decrypt -> pipeline.inbound
+              -> tun.send_ready / tun.send   (handshake replies -> transport.send_many)
+    timers:   processor.tick at processor.next_deadline()
+
+Each direction is one task; a slow device stops the inbound task at ``send_ready`` (and so
+stops reading the socket), which is the backpressure the Tun contract promises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+
+from tunplug.pipeline import Pipeline
+from tunplug.transport import Datagram, DatagramTransport
+from tunplug.tun import Packet, Tun
+
+log = logging.getLogger(__name__)
+
+#: Longest sleep of the timer task when the processor has no deadline.
+IDLE_TICK = 1.0
+
+
+class ProcessorOutput(Protocol):
+    """What a processor returns: datagrams for the network and packets for the device."""
+
+    @property
+    def to_network(self) -> list[Datagram]: ...
+
+    @property
+    def to_tun(self) -> list[bytes]: ...
+
+
+class Processor(Protocol):
+    """A sans-IO tunnel protocol, driven with batches and the current time."""
+
+    def encrypt(self, packets: Sequence[Packet], now: float) -> ProcessorOutput: ...
+
+    def decrypt(self, datagrams: Sequence[Datagram], now: float) -> ProcessorOutput: ...
+
+    def tick(self, now: float) -> ProcessorOutput: ...
+
+    def next_deadline(self) -> float | None: ...
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counts the engine keeps (per batch, not per packet)."""
+
+    tun_packets_read: int = 0
+    tun_packets_written: int = 0
+    datagrams_sent: int = 0
+    datagrams_received: int = 0
+    batches_out: int = 0
+    batches_in: int = 0
+
+
+class TunnelEngine:
+    """Runs one tunnel until cancelled or until the device or transport fails."""
+
+    def __init__(
+        self,
+        tun: Tun,
+        transport: DatagramTransport,
+        processor: Processor,
+        pipeline: Pipeline | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.tun = tun
+        self.transport = transport
+        self.processor = processor
+        self.pipeline = pipeline or Pipeline()
+        self.clock = clock
+        self.stats = EngineStats()
+        self._timer_target = math.inf
+        self._timer_wakeup = anyio.Event()
+
+    async def run(self) -> None:
+        """Carry traffic until cancelled. Errors of the device or transport end the run."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._outbound, name=f"{self.tun.name}-outbound")
+            tasks.start_soon(self._inbound, name=f"{self.tun.name}-inbound")
+            tasks.start_soon(self._timers, name=f"{self.tun.name}-timers")
+
+    async def _outbound(self) -> None:
+        tun, pipeline, processor, stats = self.tun, self.pipeline, self.processor, self.stats
+        while True:
+            packets = list(await tun.recv_many())
+            stats.tun_packets_read += len(packets)
+            stats.batches_out += 1
+            if pipeline.stages:
+                packets = pipeline.outbound(packets)
+            output = processor.encrypt(packets, self.clock())
+            await self._emit(output.to_network)
+            self._deadline_may_have_moved()
+
+    async def _inbound(self) -> None:
+        tun, pipeline, processor, stats = self.tun, self.pipeline, self.processor, self.stats
+        batch = tun.batch_size
+        while True:
+            datagrams = await self.transport.recv_many(batch)
+            stats.datagrams_received += len(datagrams)
+            stats.batches_in += 1
+            output = processor.decrypt(datagrams, self.clock())
+            if output.to_network:
+                await self._emit(output.to_network)
+            packets: list[Packet] = list(output.to_tun)
+            if packets and pipeline.stages:
+                packets = pipeline.inbound(packets)
+            for start in range(0, len(packets), batch):
+                await tun.send_ready()
+                chunk = packets[start : start + batch]
+                tun.send(chunk)
+                stats.tun_packets_written += len(chunk)
+            self._deadline_may_have_moved()
+
+    async def _timers(self) -> None:
+        processor = self.processor
+        while True:
+            now = self.clock()
+            deadline = processor.next_deadline()
+            self._timer_target = deadline if deadline is not None else now + IDLE_TICK
+            delay = min(max(self._timer_target - now, 0.0), IDLE_TICK)
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._timer_wakeup.wait()
+                self._timer_wakeup = anyio.Event()
+            now = self.clock()
+            deadline = processor.next_deadline()
+            if deadline is not None and deadline <= now:
+                await self._emit(processor.tick(now).to_network)
+
+    async def _emit(self, datagrams: list[Datagram]) -> None:
+        if datagrams:
+            await self.transport.send_many(datagrams)
+            self.stats.datagrams_sent += len(datagrams)
+
+    def _deadline_may_have_moved(self) -> None:
+        deadline = self.processor.next_deadline()
+        if deadline is not None and deadline < self._timer_target:
+            self._timer_target = deadline
+            self._timer_wakeup.set()
