@@ -40,7 +40,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if REQUIRE_ROOT_TESTS and report.skipped and item.get_closest_marker("root"):
         report.outcome = "failed"
         detail = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
-        report.longrepr = (
-            f"root test skipped while TUNPLUG_REQUIRE_ROOT_TESTS=1 (CI): {detail}"
-        )
+        report.longrepr = f"root test skipped while TUNPLUG_REQUIRE_ROOT_TESTS=1 (CI): {detail}"
     return report
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The engine runs on asyncio; anyio-marked tests use it."""
+    return "asyncio"

@@ -46,9 +46,7 @@ class TunplugSettings(BaseSettings):
         validation_alias=AliasChoices("log_level", "tunplug_log", "tunplug_log_level"),
         description="log verbosity (TUNPLUG_LOG)",
     )
-    disable_plugins: str = Field(
-        "", description="comma-separated plugin names that are not loaded"
-    )
+    disable_plugins: str = Field("", description="comma-separated plugin names that are not loaded")
     disable_plugin_autoload: bool = Field(
         False, description="do not load third-party plugins from entry points"
     )

@@ -17,7 +17,8 @@ import importlib.metadata
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from functools import partial
+from typing import Any, Generic, Literal, TypeVar, cast
 
 import pluggy
 
@@ -131,7 +132,12 @@ class PluginHost:
         own_dist, own_version = _own_distribution()
         for name, module in self.builtins:
             self._load_one(
-                name, module, "builtin", own_dist, own_version, lambda m=module: _import(m)
+                name,
+                module,
+                "builtin",
+                own_dist,
+                own_version,
+                partial(importlib.import_module, module),
             )
         if self.autoload:
             for ep in sorted(
@@ -206,7 +212,8 @@ class PluginHost:
         # pluggy lists implementations last-registered first; registries follow load order.
         for impl in _plain_impls(self.pm, hook_name):
             record = self.records[impl.plugin_name]
-            for cls in impl.function() or ():
+            classes = cast("Sequence[type] | None", impl.function()) or ()
+            for cls in classes:
                 backend_name = getattr(cls, key, None)
                 if not isinstance(backend_name, str) or not backend_name:
                     raise PluginError(
@@ -274,7 +281,3 @@ def _plain_impls(pm: pluggy.PluginManager, hook_name: str) -> list[pluggy.HookIm
     """A hook's non-wrapper implementations in plugin load order, for calling one by one."""
     impls = getattr(pm.hook, hook_name).get_hookimpls()
     return [impl for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
-
-
-def _import(module: str) -> object:
-    return importlib.import_module(module)

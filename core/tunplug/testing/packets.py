@@ -21,16 +21,29 @@ AnyAddress = IPv4Address | IPv6Address
 
 def _ipv4(src: IPv4Address, dst: IPv4Address, protocol: int, payload: bytes, ttl: int) -> bytes:
     header = bytearray(
-        struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0x4000, ttl, protocol, 0,
-                    src.packed, dst.packed)
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            0,
+            20 + len(payload),
+            0,
+            0x4000,
+            ttl,
+            protocol,
+            0,
+            src.packed,
+            dst.packed,
+        )
     )
     struct.pack_into("!H", header, 10, internet_checksum(header))
     return bytes(header) + payload
 
 
 def _ipv6(src: IPv6Address, dst: IPv6Address, next_header: int, payload: bytes, hops: int) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hops, src.packed,
-                       dst.packed) + payload
+    return (
+        struct.pack("!IHBB16s16s", 6 << 28, len(payload), next_header, hops, src.packed, dst.packed)
+        + payload
+    )
 
 
 def _pseudo_sum(src: AnyAddress, dst: AnyAddress, protocol: int, length: int) -> int:
@@ -51,8 +64,9 @@ def udp(src: str, dst: str, sport: int, dport: int, payload: bytes, ttl: int = 6
     return _wrap(source, dest, UDP, segment, ttl)
 
 
-def icmp_echo(src: str, dst: str, ident: int, seq: int, payload: bytes = b"tunplug",
-              *, reply: bool = False) -> bytes:
+def icmp_echo(
+    src: str, dst: str, ident: int, seq: int, payload: bytes = b"tunplug", *, reply: bool = False
+) -> bytes:
     """An ICMP (v4) or ICMPv6 echo request, or reply with ``reply=True``."""
     source, dest = ip_address(src), ip_address(dst)
     if source.version == 4:
@@ -100,9 +114,11 @@ def parse(packet: bytes | bytearray | memoryview) -> Parsed:
     version = data[0] >> 4
     if version == 4 and len(data) >= 20:
         ihl = (data[0] & 0x0F) * 4
-        return Parsed(4, str(IPv4Address(data[12:16])), str(IPv4Address(data[16:20])), data[9],
-                      data[ihl:])
+        return Parsed(
+            4, str(IPv4Address(data[12:16])), str(IPv4Address(data[16:20])), data[9], data[ihl:]
+        )
     if version == 6 and len(data) >= 40:
-        return Parsed(6, str(IPv6Address(data[8:24])), str(IPv6Address(data[24:40])), data[6],
-                      data[40:])
+        return Parsed(
+            6, str(IPv6Address(data[8:24])), str(IPv6Address(data[24:40])), data[6], data[40:]
+        )
     raise ValueError(f"not an IP packet (version {version}, {len(data)} bytes)")

@@ -1,0 +1,1 @@
+"""Command-line entry points (``tunplug``; the client, gateway and service CLIs come later)."""

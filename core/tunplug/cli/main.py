@@ -1,0 +1,148 @@
+"""``tunplug``: plugins, keys, status and the demo.
+
+Who calls it: users, through the ``tunplug`` console script (see ``tunplug --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+
+from tunplug import __version__
+from tunplug.app import App
+from tunplug.cli._common import EXIT_OK, run_command, setup_logging
+from tunplug.config import load_settings
+from tunplug.crypto import CryptoBackend
+from tunplug.dns import DnsManager
+from tunplug.plugins import Kind, PluginHost, PluginRecord
+from tunplug.tun import Tun
+
+PROG = "tunplug"
+
+Backend = Tun | DnsManager | CryptoBackend
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="tunplug: a WireGuard-compatible VPN with pluggable TUN backends.",
+        epilog="Environment: TUNPLUG_DISABLE_PLUGINS=a,b blocks plugins by name; "
+        "TUNPLUG_DISABLE_PLUGIN_AUTOLOAD=1 skips third-party plugins; TUNPLUG_LOG sets the "
+        "log level.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--log-level", choices=["trace", "debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    plugins = commands.add_parser(
+        "plugins",
+        help="list plugins, what they provide and where they come from",
+        description="List every plugin tunplug found: builtin ones and those installed by "
+        "other distributions (entry point group 'tunplug'), with the backends they register, "
+        "their distribution and version, and whether they are blocked or broken.",
+    )
+    plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    demo = commands.add_parser(
+        "demo",
+        help="run a client and a gateway and show traffic crossing the tunnel",
+        description="Start a WireGuard client and gateway and send pings through the tunnel. "
+        "--in-process runs both in this process on in-memory devices (no root needed).",
+    )
+    demo.add_argument(
+        "--in-process",
+        action="store_true",
+        required=True,
+        help="fake TUN devices and an in-memory network in this process",
+    )
+    demo.add_argument("--count", type=int, default=5, help="pings to send (default 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def command() -> int:
+        settings = load_settings({"log_level": args.log_level})
+        setup_logging(settings.log_level)
+        if args.command == "plugins":
+            return show_plugins(PluginHost.from_settings(settings), as_json=args.json)
+        if args.command == "demo":
+            from tunplug.demo import run_in_process_demo
+
+            return run_in_process_demo(App(settings), count=args.count)
+        raise AssertionError(args.command)
+
+    return run_command(PROG, command)
+
+
+def _status(record: PluginRecord) -> str:
+    if record.blocked:
+        return "blocked"
+    if record.error:
+        return "error"
+    return "loaded"
+
+
+def show_plugins(host: PluginHost, *, as_json: bool = False) -> int:
+    records = host.describe()
+    backends: dict[Kind, Mapping[str, type[Backend]]] = {
+        "tun": host.tun_backends(),
+        "dns": host.dns_managers(),
+        "crypto": host.crypto_backends(),
+    }
+    if as_json:
+        rows = []
+        for record in records:
+            provides = {
+                kind: [
+                    {
+                        "name": name,
+                        "available": backends[kind][name].unavailable_reason() is None,
+                        "unavailable_reason": backends[kind][name].unavailable_reason(),
+                    }
+                    for name in names
+                ]
+                for kind, names in record.provides.items()
+            }
+            rows.append(
+                {
+                    "name": record.name,
+                    "module": record.module,
+                    "source": record.source,
+                    "distribution": record.distribution,
+                    "version": record.version,
+                    "status": _status(record),
+                    "error": record.error,
+                    "provides": provides,
+                }
+            )
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return EXIT_OK
+    table = [("PLUGIN", "STATUS", "PROVIDES", "DISTRIBUTION")]
+    for record in records:
+        provided = []
+        for kind, names in record.provides.items():
+            for name in names:
+                reason = backends[kind][name].unavailable_reason()
+                provided.append(f"{kind}:{name}" + (f" (unavailable: {reason})" if reason else ""))
+        status = _status(record) + (f": {record.error}" if record.error else "")
+        table.append(
+            (
+                record.name,
+                status,
+                "; ".join(provided) or "-",
+                f"{record.distribution} {record.version}",
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

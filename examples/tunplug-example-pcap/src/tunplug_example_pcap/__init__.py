@@ -1,0 +1,1 @@
+"""Example third-party tunplug plugin: pcap writer stage and pcap replay TUN backend."""

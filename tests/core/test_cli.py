@@ -1,0 +1,72 @@
+"""``tunplug`` as a user runs it: a real subprocess of the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TUNPLUG = shutil.which("tunplug", path=str(Path(sys.executable).parent)) or "tunplug"
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [TUNPLUG, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_plugins_lists_builtin_backends_with_distribution():
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    for expected in (
+        "tun:linux-mq",
+        "tun:wintun",
+        "tun:darwin",
+        "tun:fake",
+        "dns:disabled",
+        "crypto:cryptography",
+        "crypto:sodium",
+        "tunplug 0.1.0",
+    ):
+        assert expected in result.stdout
+    assert "runs on Windows only" in result.stdout
+
+
+def test_plugins_json_shows_blocked_plugins():
+    result = run("plugins", "--json", env={"TUNPLUG_DISABLE_PLUGINS": "tun-fake"})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["tun-fake"]["status"] == "blocked"
+    assert rows["tun-fake"]["provides"] == {}
+    assert rows["tun-darwin"]["provides"]["tun"][0]["available"] is False
+    assert rows["crypto-cryptography"]["distribution"] == "tunplug"
+
+
+def test_bad_setting_is_one_line_and_exit_code_2():
+    result = run("plugins", env={"TUNPLUG_TUN_THREADS": "lots"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("tunplug: error: TUNPLUG_TUN_THREADS:")
+
+
+def test_help_explains_the_commands():
+    result = run("--help")
+    assert result.returncode == 0
+    assert "plugins" in result.stdout and "demo" in result.stdout
+    assert "TUNPLUG_DISABLE_PLUGINS" in result.stdout
+
+
+@pytest.mark.parametrize("args", [["nonsense"], ["plugins", "--bogus"]])
+def test_usage_errors_exit_2(args):
+    assert run(*args).returncode == 2

@@ -1,0 +1,112 @@
+"""The Tun contract, checked on the fake backend (the reference for what backends must do)."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from tunplug.exceptions import BusyResource, ClosedResource
+from tunplug.testing import FakeTun
+from tunplug.tun import TunOptions
+
+pytestmark = pytest.mark.anyio
+
+
+def packets(n: int, size: int = 60) -> list[bytes]:
+    return [bytes([0x45]) + i.to_bytes(4, "big") + bytes(size - 5) for i in range(n)]
+
+
+async def test_recv_many_waits_for_a_packet_then_returns_what_is_there():
+    tun = FakeTun(TunOptions(batch_size=10))
+    got: list[bytes] = []
+
+    async def reader() -> None:
+        got.extend(await tun.recv_many())
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        await anyio.sleep(0.01)
+        assert got == []  # nothing injected yet: still waiting
+        await tun.inject(packets(3))
+    assert got == packets(3)
+
+
+async def test_recv_many_returns_at_most_max_and_keeps_order():
+    tun = FakeTun(TunOptions(batch_size=100))
+    await tun.inject(packets(250))
+    sizes = [len(await tun.recv_many()) for _ in range(3)]
+    assert sizes == [100, 100, 50]
+    await tun.inject(packets(5))
+    assert await tun.recv_many(2) == packets(2)
+    with pytest.raises(ValueError, match="max_packets"):
+        await tun.recv_many(101)
+
+
+async def test_send_ready_applies_backpressure_until_packets_are_taken():
+    tun = FakeTun(TunOptions(batch_size=10), capacity=20)
+    await tun.send_ready()
+    tun.send(packets(10))
+    await tun.send_ready()
+    tun.send(packets(10))
+    ready = False
+
+    async def wait_ready() -> None:
+        nonlocal ready
+        await tun.send_ready()
+        ready = True
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(wait_ready)
+        await anyio.sleep(0.02)
+        assert not ready, "send_ready returned while the device was full"
+        assert len(await tun.delivered(10)) == 10
+    assert ready
+
+
+async def test_send_refuses_more_than_a_batch_and_drops_oversize_packets():
+    tun = FakeTun(TunOptions(batch_size=4, mtu=1280))
+    with pytest.raises(ValueError, match="batch size"):
+        tun.send(packets(5))
+    tun.send([bytes(1281), bytes(100)])
+    assert tun.dropped_oversize == 1
+    assert tun.take_all() == [bytes(100)]
+
+
+async def test_closed_device_raises_closed_resource_everywhere_and_wakes_waiters():
+    tun = FakeTun()
+    failures: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await tun.recv_many()
+        except ClosedResource as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(reader)
+        await anyio.sleep(0.01)
+        await tun.aclose()
+    assert len(failures) == 1
+    await tun.aclose()  # idempotent
+    with pytest.raises(ClosedResource):
+        await tun.send_ready()
+    with pytest.raises(ClosedResource):
+        tun.send(packets(1))
+    with pytest.raises(ClosedResource):
+        await tun.recv_many()
+
+
+async def test_context_manager_closes_and_frees_the_name():
+    async with await FakeTun.create(TunOptions(name="ctx0")) as tun:
+        assert FakeTun.opened["ctx0"] is tun
+        with pytest.raises(BusyResource):
+            await FakeTun.create(TunOptions(name="ctx0"))
+    assert tun.closed
+    assert "ctx0" not in FakeTun.opened
+
+
+def test_options_reject_nonsense():
+    with pytest.raises(ValueError, match="mtu"):
+        TunOptions(mtu=100)
+    with pytest.raises(ValueError, match="queues"):
+        TunOptions(queues=0)
