@@ -54,8 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--in-process",
         action="store_true",
-        required=True,
-        help="fake TUN devices and an in-memory network in this process",
+        help="fake TUN devices and an in-memory network in this process (the default for now)",
     )
     demo.add_argument("--count", type=int, default=5, help="pings to send (default 5)")
     return parser
