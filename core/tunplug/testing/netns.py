@@ -17,6 +17,7 @@ ended by PID. Needs root and iproute2's ``ip``; Linux only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -118,10 +119,8 @@ class NetNS:
         # alive after its name is gone; they live in our namespace, so they are ours.
         for pid in self.pids():
             if pid != os.getpid():
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
         self._created = False
 

@@ -1,0 +1,640 @@
+"""The ``linux-mq`` TUN backend: a Linux TUN device driven by a reader and a writer per queue.
+
+Who calls it: the engine, through the :class:`~tunplug.tun.Tun` contract, once the
+``tun-linux-mq`` plugin registered :class:`LinuxMultiQueueTun`.
+
+How it works:
+
+- **Creation.** ``/dev/net/tun`` is opened once per queue with ``IFF_TUN | IFF_NO_PI |
+  IFF_MULTI_QUEUE``. The first open also sets ``IFF_TUN_EXCL``: if any device of that name
+  exists (another process's, or a persistent one) the kernel answers EBUSY and we refuse,
+  instead of silently sharing a device and splitting its traffic (what made Firezone drop
+  multi-queue). The device is not persistent: it vanishes when the last descriptor closes,
+  also when the process is killed.
+- **Reading.** Each queue has a reader thread (``tun-<name>-q<i>-rx``) that reads one packet
+  per ``read()`` from its non-blocking descriptor until the queue is empty or a batch is
+  full, then hands the batch to the event loop through :class:`_Inbound`: a lock-protected
+  deque of at most ``RX_QUEUE_BATCHES`` batches per queue. When it is full the reader blocks,
+  the kernel's own queue fills and the kernel drops, so memory stays bounded. The reader
+  sleeps in ``poll()`` on its descriptor and a stop pipe only when its queue is empty.
+- **Hand-off to the event loop.** A batch costs one uncontended lock; the loop is woken
+  (``call_soon_threadsafe`` setting an :class:`asyncio.Event`) only when a task is actually
+  waiting. The kernel already spreads flows over the queues on this side.
+- **Writing.** :meth:`LinuxMultiQueueTun.send` puts each packet in the bounded queue of the
+  writer thread (``tun-<name>-q<i>-tx``) chosen by its flow hash (:mod:`.flow`), so one flow
+  is always written by one thread, in order. :meth:`~LinuxMultiQueueTun.send_ready` waits until
+  every writer queue has room for a whole batch. A packet the kernel rejects is dropped and
+  counted; a dead device (EBADFD: the interface was deleted) fails the device.
+- **Shutdown.** :meth:`~LinuxMultiQueueTun.aclose` writes to the stop pipe (waking every thread
+  blocked in ``poll()``), closes the channels (waking threads blocked on them), joins the
+  threads and only then closes the descriptors, so no thread can touch a reused descriptor.
+
+Runs on anyio's asyncio backend (the engine's); trio is refused with :class:`BackendUnavailable`.
+
+Offloads (``IFF_VNET_HDR``, ``TUNSETOFFLOAD``: TSO split on read, GRO coalesce on write) are
+not implemented: :attr:`offloads` is always false. They fit in :func:`_open_queues` (flags and
+ioctls), :meth:`LinuxMultiQueueTun._read_loop` (split a super-packet into the batch) and
+:meth:`LinuxMultiQueueTun._write_loop` (coalesce a chunk before writing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Self, TypedDict
+
+import anyio
+import anyio.lowlevel
+
+from tunplug.exceptions import (
+    BackendUnavailable,
+    BusyResource,
+    ClosedResource,
+    PermissionDenied,
+    TunError,
+    map_os_errors,
+)
+from tunplug.tun import Packet, Tun, TunOptions
+from tunplug_tun_linux_mq import _ioctl
+from tunplug_tun_linux_mq.flow import flow_key
+
+log = logging.getLogger(__name__)
+
+TUN_PATH = "/dev/net/tun"
+#: Name template when the caller gives none: the kernel picks the first free number.
+DEFAULT_NAME = "tunplug%d"
+#: Batches each reader may have waiting for the event loop before it blocks.
+RX_QUEUE_BATCHES = 4
+#: Batches (of up to ``batch_size`` packets) each writer queue holds.
+TX_QUEUE_BATCHES = 4
+#: Bytes asked of each ``read()``: the largest IP packet, so a raised MTU never truncates.
+READ_SIZE = 65535
+#: How long :meth:`LinuxMultiQueueTun.aclose` waits for each thread to stop.
+JOIN_TIMEOUT_SECONDS = 5.0
+
+_BASE_FLAGS = _ioctl.IFF_TUN | _ioctl.IFF_NO_PI | _ioctl.IFF_MULTI_QUEUE
+#: Errors that mean the device itself is gone; any other write error only drops the packet.
+_DEVICE_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
+
+
+class QueueStats(TypedDict):
+    """Counters of one queue (its reader and its writer)."""
+
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
+
+
+class TunStats(TypedDict):
+    """What :meth:`LinuxMultiQueueTun.stats` returns: totals, drops by reason, per queue."""
+
+    rx_packets: int
+    rx_bytes: int
+    tx_packets: int
+    tx_bytes: int
+    #: e.g. ``{"tx_queue_full": 3, "write_einval": 1}``.
+    drops: dict[str, int]
+    queues: list[QueueStats]
+
+
+class _Counters:
+    """One queue's counters. Each field has a single writer thread, so no lock is needed."""
+
+    __slots__ = ("read_drops", "rx_bytes", "rx_packets", "tx_bytes", "tx_packets", "write_drops")
+
+    def __init__(self) -> None:
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.read_drops: Counter[str] = Counter()
+        self.write_drops: Counter[str] = Counter()
+
+
+class _Waker:
+    """Wakes the one event-loop task waiting on a channel, from any thread.
+
+    ``waiting`` and the calls to :meth:`arm` and :meth:`fire` are guarded by the owning
+    channel's lock, so a wake-up can neither be lost nor sent when nobody waits.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._event = asyncio.Event()
+        self.waiting = False
+
+    def arm(self) -> None:
+        self._event.clear()
+        self.waiting = True
+
+    def fire(self) -> None:
+        self.waiting = False
+        if threading.get_ident() == self._loop_thread:
+            self._event.set()
+            return
+        # RuntimeError: the loop is closed, so nobody can be waiting any more.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class _Inbound:
+    """Batches from the reader threads to :meth:`LinuxMultiQueueTun.recv_many`. Bounded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._batches: deque[list[bytes]] = deque()
+        self._capacity = capacity
+        self._closed = False
+        self._failure: TunError | None = None
+        self._waker = _Waker(loop)
+
+    def put(self, batch: list[bytes]) -> bool:
+        """Reader side: queue ``batch``, blocking while full. ``False`` once closed."""
+        with self._lock:
+            while len(self._batches) >= self._capacity and not self._closed:
+                self._not_full.wait()
+            if self._closed:
+                return False
+            self._batches.append(batch)
+            if self._waker.waiting:
+                self._waker.fire()
+            return True
+
+    def fail(self, error: TunError) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            if self._waker.waiting:
+                self._waker.fire()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_full.notify_all()
+            if self._waker.waiting:
+                self._waker.fire()
+
+    async def get(self, max_packets: int, closed_error: ClosedResource) -> list[bytes]:
+        """Loop side: wait for packets, return up to ``max_packets``, merging small batches."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise closed_error
+                if self._batches:
+                    packets = self._batches.popleft()
+                    if len(packets) > max_packets:
+                        self._batches.appendleft(packets[max_packets:])
+                        del packets[max_packets:]
+                    else:
+                        while self._batches and len(packets) + len(self._batches[0]) <= max_packets:
+                            packets += self._batches.popleft()
+                        self._not_full.notify_all()
+                    return packets
+                if self._failure is not None:
+                    raise self._failure
+                self._waker.arm()
+            try:
+                await self._waker.wait()
+            finally:
+                with self._lock:
+                    self._waker.waiting = False
+
+
+class _Outbound:
+    """The bounded packet queue of one writer thread, filled by :meth:`LinuxMultiQueueTun.send`.
+
+    ``_pending`` counts packets queued or being written, so the bound covers both.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._chunks: deque[list[bytes]] = deque()
+        self._pending = 0
+        self._capacity = capacity
+        self._wanted = 0
+        self._closed = False
+        self._failure: TunError | None = None
+        self._waker = _Waker(loop)
+
+    def put(self, packets: list[bytes], closed_error: ClosedResource) -> int:
+        """Loop side, never blocks: queue what fits and return how many packets did not."""
+        with self._lock:
+            if self._closed:
+                raise closed_error
+            if self._failure is not None:
+                raise self._failure
+            dropped = max(0, len(packets) - (self._capacity - self._pending))
+            if dropped:
+                del packets[len(packets) - dropped :]
+            if packets:
+                self._chunks.append(packets)
+                self._pending += len(packets)
+                self._not_empty.notify()
+            return dropped
+
+    async def wait_room(self, wanted: int, closed_error: ClosedResource) -> None:
+        """Loop side: wait until ``wanted`` more packets fit."""
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise closed_error
+                if self._failure is not None:
+                    raise self._failure
+                if self._capacity - self._pending >= wanted:
+                    return
+                self._wanted = wanted
+                self._waker.arm()
+            try:
+                await self._waker.wait()
+            finally:
+                with self._lock:
+                    self._waker.waiting = False
+
+    def take(self) -> list[bytes] | None:
+        """Writer side: the next chunk, blocking while empty. ``None`` once closed."""
+        with self._lock:
+            while not self._chunks and not self._closed:
+                self._not_empty.wait()
+            if self._closed:
+                return None
+            return self._chunks.popleft()
+
+    def done(self, count: int) -> None:
+        """Writer side: ``count`` packets of a taken chunk are written (or dropped)."""
+        with self._lock:
+            self._pending -= count
+            if self._waker.waiting and self._capacity - self._pending >= self._wanted:
+                self._waker.fire()
+
+    def fail(self, error: TunError) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = error
+            if self._waker.waiting:
+                self._waker.fire()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._chunks.clear()
+            self._not_empty.notify_all()
+            if self._waker.waiting:
+                self._waker.fire()
+
+
+class LinuxMultiQueueTun(Tun):
+    """A Linux TUN device with one reader and one writer thread per queue.
+
+    Open one with :meth:`create`. The constructor drives descriptors that are already open
+    (one per queue, each carrying one IP packet per read and write): :meth:`create` uses it
+    for ``/dev/net/tun`` queues, tests for ``SOCK_SEQPACKET`` socket pairs, and it would serve
+    descriptors handed over by a privileged helper. It must be called in the event loop
+    thread, and owns (closes) the descriptors from then on.
+    """
+
+    backend_name = "linux-mq"
+    description = "Linux TUN, multi-queue threads, per-flow write ordering, exclusive create"
+
+    def __init__(self, fds: Sequence[int], *, name: str, options: TunOptions) -> None:
+        if not fds:
+            raise ValueError("at least one descriptor (queue) is needed")
+        loop = _running_asyncio_loop()
+        self.name = name
+        self.mtu = options.mtu
+        self.queues = len(fds)
+        self.batch_size = options.batch_size
+        self.offloads = False
+        self._fds = list(fds)
+        self._closed = False
+        self._closed_error = ClosedResource(f"TUN device {name!r} is closed")
+        self._failure: TunError | None = None
+        self._counters = [_Counters() for _ in fds]
+        self._send_drops: Counter[str] = Counter()
+        self._inbound = _Inbound(loop, RX_QUEUE_BATCHES * self.queues)
+        capacity = TX_QUEUE_BATCHES * self.batch_size
+        self._outbound = [_Outbound(loop, capacity) for _ in fds]
+        for fd in self._fds:
+            os.set_blocking(fd, False)
+        self._stop_read, self._stop_write = os.pipe()
+        self._threads: list[threading.Thread] = []
+        for index, fd in enumerate(self._fds):
+            for role, target in (("rx", self._read_loop), ("tx", self._write_loop)):
+                thread = threading.Thread(
+                    target=target,
+                    args=(index, fd),
+                    name=f"tun-{name}-q{index}-{role}",
+                    daemon=True,  # never hold up interpreter exit; aclose joins them
+                )
+                self._threads.append(thread)
+        for thread in self._threads:
+            thread.start()
+
+    # -- the Tun contract ---------------------------------------------------------------
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        if not sys.platform.startswith("linux"):
+            return f"needs Linux (this system is {sys.platform})"
+        if not os.path.exists(TUN_PATH):
+            return f"{TUN_PATH} is missing (load the 'tun' kernel module)"
+        if importlib.util.find_spec("pyroute2") is None:
+            return "needs the pyroute2 package"
+        return None
+
+    @classmethod
+    async def create(cls, options: TunOptions) -> Self:
+        reason = cls.unavailable_reason()
+        if reason is not None:
+            raise BackendUnavailable(f"{cls.backend_name}: {reason}")
+        _running_asyncio_loop()
+        # Shielded: a cancellation must not strand descriptors opened by the worker thread.
+        with anyio.CancelScope(shield=True):
+            name, fds = await anyio.to_thread.run_sync(_open_and_configure, options)
+        try:
+            return cls(fds, name=name, options=options)
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
+        if max_packets is None:
+            max_packets = self.batch_size
+        elif not 1 <= max_packets <= self.batch_size:
+            raise ValueError(f"max_packets must be between 1 and {self.batch_size}")
+        # A checkpoint even when packets are ready, so a busy device cannot starve the loop.
+        await anyio.lowlevel.checkpoint()
+        return await self._inbound.get(max_packets, self._closed_error)
+
+    async def send_ready(self) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._check_open()
+        for outbound in self._outbound:
+            await outbound.wait_room(self.batch_size, self._closed_error)
+
+    def send(self, packets: Sequence[Packet]) -> None:
+        if len(packets) > self.batch_size:
+            raise ValueError(f"at most {self.batch_size} packets per send, not {len(packets)}")
+        self._check_open()
+        if not packets:
+            return
+        # Copies of anything but bytes: the writers use the packets after send() returns,
+        # when the caller may already have reused its buffers.
+        if self.queues == 1:
+            batch = [p if type(p) is bytes else bytes(p) for p in packets]
+            dropped = self._outbound[0].put(batch, self._closed_error)
+        else:
+            queues = self.queues
+            buckets: list[list[bytes]] = [[] for _ in range(queues)]
+            for packet in packets:
+                data = packet if type(packet) is bytes else bytes(packet)
+                buckets[hash(flow_key(data)) % queues].append(data)
+            dropped = 0
+            for outbound, bucket in zip(self._outbound, buckets, strict=True):
+                if bucket:
+                    dropped += outbound.put(bucket, self._closed_error)
+        if dropped:
+            self._send_drops["tx_queue_full"] += dropped
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        os.write(self._stop_write, b"x")  # wakes every thread blocked in poll(), for good
+        self._inbound.close()
+        for outbound in self._outbound:
+            outbound.close()
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self._join_and_release)
+
+    # -- extras ---------------------------------------------------------------------------
+
+    def stats(self) -> TunStats:
+        """Packets and bytes read and written, drops by reason, and the same per queue."""
+        queues: list[QueueStats] = [
+            {
+                "rx_packets": c.rx_packets,
+                "rx_bytes": c.rx_bytes,
+                "tx_packets": c.tx_packets,
+                "tx_bytes": c.tx_bytes,
+            }
+            for c in self._counters
+        ]
+        drops: Counter[str] = Counter(self._send_drops)
+        for counters in self._counters:
+            drops.update(counters.read_drops)
+            drops.update(counters.write_drops)
+        return {
+            "rx_packets": sum(q["rx_packets"] for q in queues),
+            "rx_bytes": sum(q["rx_bytes"] for q in queues),
+            "tx_packets": sum(q["tx_packets"] for q in queues),
+            "tx_bytes": sum(q["tx_bytes"] for q in queues),
+            "drops": dict(drops),
+            "queues": queues,
+        }
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {self.name!r} queues={self.queues} {state}>"
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error
+        if self._failure is not None:
+            raise self._failure
+
+    def _fail(self, error: TunError) -> None:
+        """Any thread: the device broke; every waiting and later call raises ``error``."""
+        if self._failure is None:
+            self._failure = error
+            log.warning("%s", error)
+        self._inbound.fail(error)
+        for outbound in self._outbound:
+            outbound.fail(error)
+
+    def _read_loop(self, index: int, fd: int) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.register(self._stop_read, select.POLLIN)
+        counters = self._counters[index]
+        inbound = self._inbound
+        batch_size = self.batch_size
+        read = os.read
+        batch: list[bytes] = []
+        while True:
+            try:
+                packet = read(fd, READ_SIZE)
+            except BlockingIOError:
+                if batch:
+                    counters.rx_packets += len(batch)
+                    counters.rx_bytes += sum(map(len, batch))
+                    if not inbound.put(batch):
+                        return
+                    batch = []
+                    continue  # more may have arrived meanwhile: read before sleeping
+                for ready, _ in poller.poll():
+                    if ready == self._stop_read:
+                        return
+                continue
+            except OSError as exc:
+                if not self._closed:
+                    if batch:
+                        inbound.put(batch)
+                    self._fail(_io_error(exc, f"read from {self.name} queue {index}"))
+                return
+            if not packet:  # end of file: only a stand-in (socket) does this, tun never
+                if not self._closed:
+                    self._fail(ClosedResource(f"TUN device {self.name!r} queue {index} hung up"))
+                return
+            batch.append(packet)
+            if len(batch) >= batch_size:
+                counters.rx_packets += len(batch)
+                counters.rx_bytes += sum(map(len, batch))
+                if not inbound.put(batch):
+                    return
+                batch = []
+
+    def _write_loop(self, index: int, fd: int) -> None:
+        import select
+
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        poller.register(self._stop_read, select.POLLIN)
+        counters = self._counters[index]
+        outbound = self._outbound[index]
+        write = os.write
+        while True:
+            chunk = outbound.take()
+            if chunk is None:
+                return
+            written = written_bytes = 0
+            for packet in chunk:
+                while True:
+                    try:
+                        write(fd, packet)
+                    except BlockingIOError:
+                        # A tun device hardly ever refuses; a socket stand-in does when full.
+                        if any(ready == self._stop_read for ready, _ in poller.poll()):
+                            return
+                        continue
+                    except OSError as exc:
+                        if exc.errno in _DEVICE_GONE:
+                            if not self._closed:
+                                self._fail(_io_error(exc, f"write to {self.name} queue {index}"))
+                            return
+                        reason = errno.errorcode.get(exc.errno or 0, str(exc.errno)).lower()
+                        counters.write_drops[f"write_{reason}"] += 1
+                    else:
+                        written += 1
+                        written_bytes += len(packet)
+                    break
+            counters.tx_packets += written
+            counters.tx_bytes += written_bytes
+            outbound.done(len(chunk))
+
+    def _join_and_release(self) -> None:
+        stuck = []
+        for thread in self._threads:
+            thread.join(JOIN_TIMEOUT_SECONDS)
+            if thread.is_alive():
+                stuck.append(thread.name)
+        if stuck:
+            # Closing a descriptor a live thread still uses could hit a reused number; leak
+            # them instead (the process exit releases them).
+            log.error("threads did not stop, leaving their descriptors open: %s", stuck)
+            return
+        for fd in (*self._fds, self._stop_read, self._stop_write):
+            os.close(fd)
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise BackendUnavailable(
+            "the linux-mq backend needs a running asyncio event loop (anyio's asyncio backend)"
+        ) from None
+
+
+def _io_error(exc: OSError, action: str) -> TunError:
+    if exc.errno in _DEVICE_GONE:
+        reason = f"{exc.strerror} (was the interface deleted?)"
+        return ClosedResource(f"failed to {action}: {reason}", exc.errno)
+    try:
+        with map_os_errors(action):
+            raise exc
+    except TunError as error:
+        return error
+
+
+def _open_and_configure(options: TunOptions) -> tuple[str, list[int]]:
+    """Worker thread: open the queues, then set MTU, txqueuelen, addresses and link up."""
+    from tunplug_tun_linux_mq import netlink
+
+    name, fds = _open_queues(options.name, options.queues)
+    try:
+        netlink.configure_interface(name, options.addresses, options.mtu)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return name, fds
+
+
+def _open_queues(requested: str | None, queues: int) -> tuple[str, list[int]]:
+    """Create the device exclusively and attach ``queues`` descriptors to it."""
+    import fcntl
+
+    template = requested if requested is not None else DEFAULT_NAME
+    first_request = _ioctl.pack_ifreq(template, _BASE_FLAGS | _ioctl.IFF_TUN_EXCL)
+    fds: list[int] = []
+    try:
+        with map_os_errors(f"open {TUN_PATH}"):
+            fds.append(os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC))
+        try:
+            answer = fcntl.ioctl(fds[0], _ioctl.TUNSETIFF, first_request)
+        except OSError as exc:
+            raise _create_error(exc, template) from exc
+        name, _ = _ioctl.unpack_ifreq(answer)
+        attach_request = _ioctl.pack_ifreq(name, _BASE_FLAGS)
+        for index in range(1, queues):
+            with map_os_errors(f"open {TUN_PATH}"):
+                fds.append(os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC))
+            with map_os_errors(f"attach queue {index} to {name!r}"):
+                fcntl.ioctl(fds[-1], _ioctl.TUNSETIFF, attach_request)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return name, fds
+
+
+def _create_error(exc: OSError, name: str) -> TunError:
+    if exc.errno == errno.EBUSY:
+        return BusyResource(
+            f"interface {name!r} already exists (another process or a persistent device); "
+            "choose another name",
+            exc.errno,
+        )
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return PermissionDenied(
+            f"failed to create interface {name!r}: {exc.strerror} (needs CAP_NET_ADMIN)",
+            exc.errno,
+        )
+    return TunError(f"failed to create interface {name!r}: {exc.strerror}", exc.errno)
