@@ -1,0 +1,715 @@
+"""The WireGuard interface as a sans-IO state machine: bytes and ``now`` in, bytes out.
+
+Who calls it: the tunnel engine (:mod:`tunplug.engine`) drives one :class:`WireGuardDevice`
+per tunnel with three calls, each taking a batch and returning an :class:`Output`:
+
+* :meth:`WireGuardDevice.encrypt` with IP packets read from the TUN device;
+* :meth:`WireGuardDevice.decrypt` with UDP datagrams read from the socket;
+* :meth:`WireGuardDevice.tick` at :meth:`WireGuardDevice.next_deadline`.
+
+No sockets, threads, clocks or logging per packet: time comes in as ``now`` (monotonic
+seconds), randomness from the injected ``random``. Bad input never raises; it is counted in
+:attr:`WireGuardDevice.drops` by reason. Behaviour follows the whitepaper and wireguard-go
+(``send.go``, ``receive.go``, ``timers.go``, ``noise-protocol.go``) so that the two interoperate.
+
+"Under load" (when handshakes are answered with cookie replies unless they carry a valid mac2)
+means at least ``under_load_threshold`` handshake messages within one second, and for
+UNDER_LOAD_AFTER_TIME after; see :class:`~tunplug.wireguard.cookie.LoadMonitor`. Handshake
+messages are also rate-limited per source IP (20/s, burst 5) at all times.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from tunplug.crypto import CryptoBackend
+from tunplug.tun import Packet
+from tunplug.wireguard.constants import (
+    DEFAULT_MTU,
+    HANDSHAKE_INITIATION_RATE,
+    INITIATION_SIZE,
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    MESSAGE_TRANSPORT,
+    MIN_TRANSPORT_SIZE,
+    UNDER_LOAD_THRESHOLD,
+)
+from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
+from tunplug.wireguard.messages import COOKIE_REPLY, FIXED_SIZES, RESPONSE, TRANSPORT_HEADER
+from tunplug.wireguard.noise import (
+    HandshakeError,
+    Identity,
+    consume_initiation,
+    consume_response,
+    create_initiation,
+    create_response,
+    derive_transport_keys,
+    open_initiation,
+    tai64n,
+)
+from tunplug.wireguard.peer import Endpoint, Keypair, Peer, PeerConfig, PeerStats
+from tunplug.wireguard.routing import AllowedIPs
+from tunplug.wireguard.timers import INF, Timing
+
+_ZEROS = bytes(16)
+#: Slack when comparing a timer deadline with the handshake rate limit (float rounding).
+_EPSILON = 1e-6
+
+
+@dataclass(slots=True)
+class Output:
+    """What one call produced: datagrams to send, and decrypted IP packets for the TUN device.
+
+    Datagrams for one peer are adjacent (one run per peer and batch), which suits UDP GSO.
+    """
+
+    to_network: list[tuple[bytes, Endpoint]] = field(default_factory=list)
+    to_tun: list[bytes] = field(default_factory=list)
+
+
+def padded(packet: Packet, mtu: int) -> bytes | memoryview:
+    """``packet`` zero-padded to a multiple of 16 bytes, not beyond ``mtu`` (wireguard-go's
+    ``calculatePaddingSize``)."""
+    size = len(packet)
+    last = size % mtu if size > mtu else size
+    target = min((last + 15) & ~15, mtu)
+    if target <= last:
+        return packet if not isinstance(packet, bytearray) else bytes(packet)
+    return bytes(packet) + _ZEROS[: target - last]
+
+
+def _normalise(endpoint: tuple[object, ...]) -> Endpoint:
+    host, port = endpoint[0], endpoint[1]
+    return (str(host), int(port))  # type: ignore[call-overload]
+
+
+class WireGuardDevice:
+    """One WireGuard interface: a static key, its peers, their sessions and timers.
+
+    ``private_key`` is the interface's 32-byte static key; ``crypto`` supplies the primitives.
+    ``timing`` may shorten the protocol's times (tests). ``random`` supplies indices, ephemeral
+    keys, jitter and cookie secrets; ``wall_clock`` (Unix seconds) feeds the TAI64N timestamps
+    of initiations, which must grow across restarts. ``mtu`` bounds padding.
+    ``under_load_threshold`` is the handshake messages per second from which the device answers
+    with cookie replies (0: always).
+    """
+
+    def __init__(
+        self,
+        private_key: bytes,
+        crypto: CryptoBackend,
+        *,
+        timing: Timing = Timing(),  # noqa: B008 - frozen, shared default is fine
+        random: Callable[[int], bytes] = os.urandom,
+        wall_clock: Callable[[], float] = time.time,
+        mtu: int = DEFAULT_MTU,
+        under_load_threshold: int = UNDER_LOAD_THRESHOLD,
+    ) -> None:
+        if len(private_key) != 32:
+            raise ValueError(f"private key must be 32 bytes, got {len(private_key)}")
+        if mtu < 16:
+            raise ValueError(f"MTU must be at least 16, got {mtu}")
+        self.crypto = crypto
+        self.timing = timing
+        self.mtu = mtu
+        self._random = random
+        self._wall_clock = wall_clock
+        self.identity = Identity(crypto, private_key)
+        self.public_key = self.identity.public
+        self._peers: dict[bytes, Peer] = {}
+        self._routes: AllowedIPs[Peer] = AllowedIPs()
+        #: Local index -> the peer whose handshake owns it, or the keypair it names.
+        self._indices: dict[int, Peer | Keypair] = {}
+        self._cookies = CookieChecker(crypto, self.public_key, random, timing.cookie_refresh_time)
+        self._load = LoadMonitor(under_load_threshold)
+        self._limiter = RateLimiter()
+        self._last_collect = float("-inf")
+        #: Why packets were dropped, by reason; never reset by the device.
+        self.drops: collections.Counter[str] = collections.Counter()
+
+    # -- configuration ----------------------------------------------------------------------
+    def add_peer(self, config: PeerConfig) -> None:
+        """Add a peer, or update one with the same public key (sessions are kept).
+
+        :raises ValueError: the key is this device's own public key.
+        """
+        if config.public_key == self.public_key:
+            raise ValueError("a peer cannot have the interface's own public key")
+        peer = self._peers.get(config.public_key)
+        if peer is None:
+            peer = Peer(config, self.identity, self.crypto, self.timing)
+            self._peers[config.public_key] = peer
+        else:
+            peer.config = config
+            if config.endpoint is not None:
+                peer.endpoint = config.endpoint
+            peer.handshake.preshared_key = config.preshared_key or bytes(32)
+            peer.timers.persistent_keepalive_interval = config.persistent_keepalive or 0
+            self._routes.remove_value(peer)
+        for network in config.allowed_ips:
+            self._routes.insert(network, peer)
+        if config.persistent_keepalive:
+            # wireguard-go sends a keepalive as soon as the peer is up: due at the next tick.
+            peer.timers.persistent_keepalive = float("-inf")
+
+    def remove_peer(self, public_key: bytes) -> None:
+        """Remove a peer and erase its sessions; unknown keys are ignored."""
+        peer = self._peers.pop(public_key, None)
+        if peer is None:
+            return
+        self._routes.remove_value(peer)
+        self._zero_and_flush(peer)
+        peer.timers.stop_all()
+
+    def peer_stats(self) -> list[PeerStats]:
+        """One entry per peer, in the order they were added."""
+        return [
+            PeerStats(
+                public_key=peer.public_key,
+                endpoint=peer.endpoint,
+                last_handshake=peer.last_handshake,
+                rx_bytes=peer.rx_bytes,
+                tx_bytes=peer.tx_bytes,
+                allowed_ips=tuple(self._routes.networks(peer)),
+                persistent_keepalive=peer.config.persistent_keepalive,
+            )
+            for peer in self._peers.values()
+        ]
+
+    def route(self, address: str) -> bytes | None:
+        """The public key of the peer an inner ``address`` routes to (cryptokey routing)."""
+        peer = self._routes.lookup_address(address)
+        return None if peer is None else peer.public_key
+
+    # -- outbound ---------------------------------------------------------------------------
+    def encrypt(self, packets: Sequence[Packet], now: float) -> Output:
+        """Encrypt IP packets from the TUN device for the peers their destinations route to.
+
+        Packets for a peer without a usable session are staged (at most MAX_STAGED_PACKETS,
+        oldest dropped) and a handshake starts.
+        """
+        out = Output()
+        by_peer: dict[Peer, list[Packet]] = {}
+        lookup = self._routes.lookup_destination
+        for packet in packets:
+            peer = lookup(packet)
+            if peer is None:
+                self.drops["no-route"] += 1
+                continue
+            batch = by_peer.get(peer)
+            if batch is None:
+                by_peer[peer] = [packet]
+            else:
+                batch.append(packet)
+        for peer, batch in by_peer.items():
+            if not peer.staged and self._usable_for_sending(peer.current, now):
+                self._send_packets(peer, batch, now, out)
+            else:
+                self._stage(peer, batch)
+                self._send_staged(peer, now, out)
+        return out
+
+    def _usable_for_sending(self, keypair: Keypair | None, now: float) -> bool:
+        return (
+            keypair is not None
+            and keypair.send_counter < self.timing.reject_after_messages
+            and now - keypair.created < self.timing.reject_after_time
+        )
+
+    def _stage(self, peer: Peer, packets: Sequence[Packet]) -> None:
+        staged = peer.staged
+        overflow = len(staged) + len(packets) - (staged.maxlen or 0)
+        if overflow > 0:
+            self.drops["staged-overflow"] += overflow
+        staged.extend(bytes(p) for p in packets)
+
+    def _send_staged(self, peer: Peer, now: float, out: Output) -> None:
+        """Send staged packets on the current session, or start a handshake for them."""
+        if not peer.staged:
+            return
+        if not self._usable_for_sending(peer.current, now):
+            self._send_initiation(peer, now, out, retry=False)
+            return
+        packets = list(peer.staged)
+        peer.staged.clear()
+        self._send_packets(peer, packets, now, out)
+
+    def _send_packets(self, peer: Peer, packets: Sequence[Packet], now: float, out: Output) -> None:
+        keypair = peer.current
+        assert keypair is not None
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.drops["no-endpoint"] += len(packets)
+            return
+        timing = self.timing
+        start = keypair.send_counter
+        room = timing.reject_after_messages - start
+        if len(packets) > room:
+            self._stage(peer, packets[room:])
+            packets = packets[:room]
+        count = len(packets)
+        keypair.send_counter = start + count
+        mtu = self.mtu
+        sealed = keypair.send.seal_many(
+            range(start, start + count), [padded(p, mtu) for p in packets]
+        )
+        prefix = keypair.transport_prefix
+        append = out.to_network.append
+        sent = 0
+        for counter, ciphertext in zip(range(start, start + count), sealed, strict=True):
+            message = prefix + counter.to_bytes(8, "little") + ciphertext
+            sent += len(message)
+            append((message, endpoint))
+        peer.tx_bytes += sent
+        timers = peer.timers
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_sent()
+        if any(packets):
+            timers.data_sent(now, self._jitter())
+        # keep_key_fresh_sending
+        if keypair.send_counter > timing.rekey_after_messages or (
+            keypair.is_initiator and now - keypair.created >= timing.rekey_after_time
+        ):
+            self._send_initiation(peer, now, out, retry=False)
+        if peer.staged:
+            self._send_initiation(peer, now, out, retry=False)
+
+    def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now, out)
+
+    def _send_initiation(self, peer: Peer, now: float, out: Output, *, retry: bool) -> None:
+        timers = peer.timers
+        if not retry:
+            timers.handshake_attempts = 0
+        if now - peer.last_sent_handshake < self.timing.rekey_timeout - _EPSILON:
+            return
+        endpoint = peer.endpoint
+        if endpoint is None:
+            self.drops["no-endpoint"] += 1
+            return
+        handshake = peer.handshake
+        local_index = self._replace_handshake_index(peer)
+        try:
+            message = create_initiation(
+                self.identity,
+                handshake,
+                local_index,
+                self._ephemeral(),
+                tai64n(self._wall_clock()),
+            )
+        except HandshakeError as error:
+            self._indices.pop(local_index, None)
+            handshake.local_index = 0
+            self.drops[error.reason] += 1
+            return
+        peer.last_sent_handshake = now
+        peer.cookie.add_macs(message, now)
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_sent()
+        out.to_network.append((bytes(message), endpoint))
+        peer.tx_bytes += len(message)
+        timers.handshake_initiated(now, self._jitter())
+
+    # -- inbound ----------------------------------------------------------------------------
+    def decrypt(
+        self, datagrams: Sequence[tuple[bytes | memoryview, Endpoint]], now: float
+    ) -> Output:
+        """Process UDP datagrams: handshakes, cookie replies and transport data.
+
+        Runs of transport messages are decrypted in batches (one AEAD call per session); a
+        handshake message between them is handled in order, so a response followed by data
+        on the new session works within one batch.
+        """
+        out = Output()
+        run: list[tuple[bytes | memoryview, Endpoint]] = []
+        under_load: bool | None = None
+        for data, raw_endpoint in datagrams:
+            size = len(data)
+            if size < 4 or data[1] or data[2] or data[3]:
+                self.drops["bad-type" if size >= 4 else "bad-length"] += 1
+                continue
+            kind = data[0]
+            if kind == MESSAGE_TRANSPORT:
+                if size < MIN_TRANSPORT_SIZE:
+                    self.drops["bad-length"] += 1
+                else:
+                    run.append((data, raw_endpoint))
+                continue
+            expected = FIXED_SIZES.get(kind)
+            if expected is None:
+                self.drops["bad-type"] += 1
+                continue
+            if size != expected:
+                self.drops["bad-length"] += 1
+                continue
+            if run:
+                self._decrypt_transport(run, now, out)
+                run = []
+            endpoint = raw_endpoint if len(raw_endpoint) == 2 else _normalise(raw_endpoint)
+            if kind == MESSAGE_COOKIE_REPLY:
+                self._handle_cookie_reply(data, now)
+                continue
+            if under_load is None:
+                under_load = self._load.observe(_count_handshakes(datagrams), now)
+            if not self._admit_handshake(data, endpoint, under_load, now, out):
+                continue
+            if kind == MESSAGE_INITIATION:
+                self._handle_initiation(data, endpoint, now, out)
+            else:
+                self._handle_response(data, endpoint, now, out)
+        if run:
+            self._decrypt_transport(run, now, out)
+        return out
+
+    def _admit_handshake(
+        self,
+        data: bytes | memoryview,
+        endpoint: Endpoint,
+        under_load: bool,
+        now: float,
+        out: Output,
+    ) -> bool:
+        """mac1, then (under load) mac2 or a cookie reply, then the per-IP rate limit."""
+        if not self._cookies.check_mac1(data):
+            self.drops["bad-mac1"] += 1
+            return False
+        if under_load:
+            source = source_bytes(endpoint)
+            if not self._cookies.check_mac2(data, source, now):
+                sender = int.from_bytes(data[4:8], "little")
+                out.to_network.append(
+                    (self._cookies.create_reply(data, sender, source, now), endpoint)
+                )
+                self.drops["cookie-reply-sent"] += 1
+                return False
+        if not self._limiter.allow(endpoint[0], now):
+            self.drops["rate-limited"] += 1
+            return False
+        return True
+
+    def _handle_initiation(
+        self, data: bytes | memoryview, endpoint: Endpoint, now: float, out: Output
+    ) -> None:
+        identity = self.identity
+        try:
+            opened = open_initiation(identity, data)
+        except HandshakeError as error:
+            self.drops[error.reason] += 1
+            return
+        peer = self._peers.get(opened.remote_static)
+        if peer is None:
+            self.drops["unknown-peer"] += 1
+            return
+        handshake = peer.handshake
+        try:
+            consume_initiation(identity, data, opened, handshake, now, HANDSHAKE_INITIATION_RATE)
+        except HandshakeError as error:
+            self.drops[error.reason] += 1
+            return
+        peer.endpoint = endpoint
+        timers = peer.timers
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_received()
+        peer.rx_bytes += INITIATION_SIZE
+        # Whatever we had initiated is superseded: its index must not accept a response.
+        local_index = self._replace_handshake_index(peer)
+        try:
+            message = create_response(identity, handshake, local_index, self._ephemeral())
+        except HandshakeError as error:
+            self._forget_handshake(peer)
+            self.drops[error.reason] += 1
+            return
+        peer.cookie.add_macs(message, now)
+        self._begin_session(peer, now)
+        timers.session_derived(now)
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_sent()
+        out.to_network.append((bytes(message), endpoint))
+        peer.tx_bytes += len(message)
+
+    def _handle_response(
+        self, data: bytes | memoryview, endpoint: Endpoint, now: float, out: Output
+    ) -> None:
+        receiver = RESPONSE.unpack_from(data, 0)[2]
+        owner = self._indices.get(receiver)
+        if not isinstance(owner, Peer):
+            self.drops["unknown-receiver"] += 1
+            return
+        peer = owner
+        try:
+            consume_response(self.identity, peer.handshake, data)
+        except HandshakeError as error:
+            self.drops[error.reason] += 1
+            return
+        peer.endpoint = endpoint
+        timers = peer.timers
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_received()
+        peer.rx_bytes += len(data)
+        self._begin_session(peer, now)
+        timers.session_derived(now)
+        timers.handshake_complete()
+        peer.last_handshake = now
+        self._send_keepalive(peer, now, out)
+
+    def _handle_cookie_reply(self, data: bytes | memoryview, now: float) -> None:
+        receiver = COOKIE_REPLY.unpack_from(data, 0)[1]
+        owner = self._indices.get(receiver)
+        if owner is None:
+            self.drops["unknown-receiver"] += 1
+            return
+        peer = owner if isinstance(owner, Peer) else owner.peer
+        # The cookie applies from the next (re)transmission: mac2 is filled in then.
+        if not peer.cookie.consume_reply(data, now):
+            self.drops["bad-cookie-reply"] += 1
+
+    def _decrypt_transport(
+        self, run: list[tuple[bytes | memoryview, Endpoint]], now: float, out: Output
+    ) -> None:
+        indices = self._indices
+        reject_after_time = self.timing.reject_after_time
+        unpack = TRANSPORT_HEADER.unpack_from
+        groups: dict[Keypair, tuple[list[int], list[memoryview], list[Endpoint]]] = {}
+        for data, endpoint in run:
+            _, receiver, counter = unpack(data, 0)
+            keypair = indices.get(receiver)
+            if type(keypair) is not Keypair:
+                self.drops["unknown-receiver"] += 1
+                continue
+            if now - keypair.created >= reject_after_time:
+                self.drops["expired-session"] += 1
+                continue
+            group = groups.get(keypair)
+            if group is None:
+                group = groups[keypair] = ([], [], [])
+            group[0].append(counter)
+            group[1].append(memoryview(data)[16:])
+            group[2].append(endpoint)
+        for keypair, (counters, ciphertexts, endpoints) in groups.items():
+            self._receive_batch(keypair, counters, ciphertexts, endpoints, now, out)
+
+    def _receive_batch(
+        self,
+        keypair: Keypair,
+        counters: list[int],
+        ciphertexts: list[memoryview],
+        endpoints: list[Endpoint],
+        now: float,
+        out: Output,
+    ) -> None:
+        plaintexts = keypair.receive.open_many(counters, ciphertexts)
+        peer = keypair.peer
+        replay = keypair.replay.check
+        lookup_source = self._routes.lookup_source
+        to_tun = out.to_tun
+        drops = self.drops
+        authenticated = 0
+        data_packets = 0
+        received_bytes = 0
+        last_endpoint: Endpoint | None = None
+        for i, plaintext in enumerate(plaintexts):
+            if plaintext is None:
+                drops["decrypt-failed"] += 1
+                continue
+            if not replay(counters[i]):
+                drops["replay"] += 1
+                continue
+            if authenticated == 0 and peer.next is keypair:
+                self._confirm_next_keypair(peer, keypair, now, out)
+            authenticated += 1
+            last_endpoint = endpoints[i]
+            received_bytes += len(plaintext) + 32
+            if not plaintext:
+                continue
+            data_packets += 1
+            version = plaintext[0] >> 4
+            size = len(plaintext)
+            if version == 4 and size >= 20:
+                length = int.from_bytes(plaintext[2:4], "big")
+                if length < 20:
+                    drops["bad-inner-packet"] += 1
+                    continue
+            elif version == 6 and size >= 40:
+                length = 40 + int.from_bytes(plaintext[4:6], "big")
+            else:
+                drops["bad-inner-packet"] += 1
+                continue
+            if length > size:
+                drops["bad-inner-packet"] += 1
+                continue
+            if lookup_source(plaintext) is not peer:
+                drops["not-allowed-source"] += 1
+                continue
+            to_tun.append(plaintext if length == size else plaintext[:length])
+        if not authenticated:
+            return
+        assert last_endpoint is not None
+        peer.endpoint = last_endpoint if len(last_endpoint) == 2 else _normalise(last_endpoint)
+        peer.rx_bytes += received_bytes
+        self._keep_key_fresh_receiving(peer, now, out)
+        timers = peer.timers
+        timers.any_authenticated_packet_traversal(now)
+        timers.any_authenticated_packet_received()
+        if data_packets:
+            timers.data_received(now, data_packets)
+
+    def _confirm_next_keypair(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
+        """The initiator used the session we responded with: make it current and send."""
+        old_previous = peer.previous
+        peer.previous = peer.current
+        peer.current = keypair
+        peer.next = None
+        self._delete_keypair(old_previous)
+        peer.timers.handshake_complete()
+        peer.last_handshake = now
+        self._send_staged(peer, now, out)
+
+    def _keep_key_fresh_receiving(self, peer: Peer, now: float, out: Output) -> None:
+        timers = peer.timers
+        if timers.sent_last_minute_handshake:
+            return
+        keypair = peer.current
+        if (
+            keypair is not None
+            and keypair.is_initiator
+            and now - keypair.created >= self.timing.last_minute_rekey_age
+        ):
+            timers.sent_last_minute_handshake = True
+            self._send_initiation(peer, now, out, retry=False)
+
+    # -- sessions and indices ---------------------------------------------------------------
+    def _begin_session(self, peer: Peer, now: float) -> None:
+        handshake = peer.handshake
+        send_key, receive_key, is_initiator = derive_transport_keys(self.identity, handshake)
+        keypair = Keypair(
+            peer,
+            self.crypto.aead(send_key),
+            self.crypto.aead(receive_key),
+            is_initiator=is_initiator,
+            local_index=handshake.local_index,
+            remote_index=handshake.remote_index,
+            created=now,
+            reject_after_messages=self.timing.reject_after_messages,
+        )
+        handshake.clear()
+        self._indices[keypair.local_index] = keypair
+        if is_initiator:
+            old_previous = peer.previous
+            if peer.next is not None:
+                peer.previous = peer.next
+                peer.next = None
+                self._delete_keypair(peer.current)
+            else:
+                peer.previous = peer.current
+            self._delete_keypair(old_previous)
+            peer.current = keypair
+        else:
+            self._delete_keypair(peer.next)
+            peer.next = keypair
+            self._delete_keypair(peer.previous)
+            peer.previous = None
+
+    def _delete_keypair(self, keypair: Keypair | None) -> None:
+        if keypair is not None and self._indices.get(keypair.local_index) is keypair:
+            del self._indices[keypair.local_index]
+
+    def _replace_handshake_index(self, peer: Peer) -> int:
+        self._forget_handshake_index(peer)
+        while True:
+            index = int.from_bytes(self._random(4), "little")
+            if index not in self._indices:
+                break
+        self._indices[index] = peer
+        peer.handshake.local_index = index
+        return index
+
+    def _forget_handshake_index(self, peer: Peer) -> None:
+        index = peer.handshake.local_index
+        if index and self._indices.get(index) is peer:
+            del self._indices[index]
+
+    def _forget_handshake(self, peer: Peer) -> None:
+        self._forget_handshake_index(peer)
+        peer.handshake.clear()
+
+    def _zero_and_flush(self, peer: Peer) -> None:
+        for keypair in peer.keypairs():
+            self._delete_keypair(keypair)
+        peer.current = peer.previous = peer.next = None
+        self._forget_handshake(peer)
+        peer.staged.clear()
+
+    def _ephemeral(self) -> bytes:
+        key = bytearray(self._random(32))
+        key[0] &= 248
+        key[31] = (key[31] & 127) | 64
+        return bytes(key)
+
+    def _jitter(self) -> float:
+        maximum = self.timing.rekey_timeout_jitter
+        if maximum <= 0:
+            return 0.0
+        return int.from_bytes(self._random(2), "little") / 65536 * maximum
+
+    # -- timers -----------------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` must run next (``now`` scale), or ``None`` if no timer is armed.
+
+        A deadline in the past (``-inf`` included) means: tick now.
+        """
+        deadline = min((peer.timers.next_deadline() for peer in self._peers.values()), default=INF)
+        return None if deadline == INF else deadline
+
+    def tick(self, now: float) -> Output:
+        """Run the timers due at ``now``: handshake retransmission, rekeying, keepalives and
+        key erasure."""
+        out = Output()
+        timing = self.timing
+        for peer in list(self._peers.values()):
+            timers = peer.timers
+            if timers.retransmit_handshake <= now:
+                timers.retransmit_handshake = INF
+                if timers.handshake_attempts > timing.max_timer_handshakes:
+                    # Give up (after REKEY_ATTEMPT_TIME): drop what waited for the session
+                    # and erase the keys later.
+                    peer.staged.clear()
+                    if timers.zero_key_material == INF:
+                        timers.zero_key_material = now + timing.zero_key_material_after
+                else:
+                    timers.handshake_attempts += 1
+                    self._send_initiation(peer, now, out, retry=True)
+            if timers.send_keepalive <= now:
+                timers.send_keepalive = INF
+                self._send_keepalive(peer, now, out)
+                if timers.need_another_keepalive:
+                    timers.need_another_keepalive = False
+                    timers.send_keepalive = now + timing.keepalive_timeout
+            if timers.new_handshake <= now:
+                timers.new_handshake = INF
+                self._send_initiation(peer, now, out, retry=False)
+            if timers.zero_key_material <= now:
+                timers.zero_key_material = INF
+                self._zero_and_flush(peer)
+            if timers.persistent_keepalive <= now:
+                timers.persistent_keepalive = INF
+                if timers.persistent_keepalive_interval > 0:
+                    self._send_keepalive(peer, now, out)
+        if now - self._last_collect >= 1.0:
+            self._last_collect = now
+            self._limiter.collect(now)
+        return out
+
+
+def _count_handshakes(datagrams: Sequence[tuple[bytes | memoryview, Endpoint]]) -> int:
+    return sum(
+        1
+        for data, _ in datagrams
+        if len(data) >= 4 and data[0] in (MESSAGE_INITIATION, MESSAGE_RESPONSE)
+    )
