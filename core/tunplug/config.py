@@ -51,6 +51,11 @@ class TunplugSettings(BaseSettings):
         False, description="do not load third-party plugins from entry points"
     )
 
+    test_timers: str = Field(
+        "",
+        description="test only: shortened WireGuard timers, e.g. 'rekey_after_time=5'",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: object) -> object:

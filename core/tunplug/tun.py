@@ -15,9 +15,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from ipaddress import IPv4Interface, IPv6Interface
+from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 from types import TracebackType
 from typing import ClassVar, Self
+
+from tunplug.exceptions import BackendUnavailable
 
 #: A packet handed to :meth:`Tun.send`: any bytes-like object holding one IP packet.
 Packet = bytes | bytearray | memoryview
@@ -154,6 +156,19 @@ class Tun(ABC):
 
         A device the backend created disappears from the system once it is closed.
         """
+
+    async def add_routes(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        """Route ``networks`` (the peers' AllowedIPs) into this device.
+
+        The routes go away when the device closes. Networks already routed here (e.g. the
+        prefix of the device's own address) are skipped. Backends that cannot manage routes
+        keep this default.
+
+        :raises ~tunplug.exceptions.BackendUnavailable: the backend does not manage routes.
+        :raises ~tunplug.exceptions.TunError: the system refused a route (the message names
+            it); routes added by this call before the failure are removed again.
+        """
+        raise BackendUnavailable(f"TUN backend {self.backend_name!r} cannot manage routes")
 
     async def __aenter__(self) -> Self:
         return self

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
+from ipaddress import IPv4Network, IPv6Network
 from typing import ClassVar, Self
 from weakref import WeakValueDictionary
 
@@ -50,6 +51,8 @@ class FakeTun(Tun):
         self._outbox_changed = Signal()
         self._closed = False
         self.dropped_oversize = 0
+        #: Networks routed into the device with :meth:`add_routes`, in order.
+        self.routes: list[IPv4Network | IPv6Network] = []
 
     @classmethod
     async def create(cls, options: TunOptions) -> Self:
@@ -87,6 +90,10 @@ class FakeTun(Tun):
                 continue
             self._outbox.append(bytes(packet))
         self._outbox_changed.fire()
+
+    async def add_routes(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        self._check_open()
+        self.routes.extend(network for network in networks if network not in self.routes)
 
     async def aclose(self) -> None:
         if self._closed:
