@@ -16,8 +16,10 @@ from tunplug.cli._common import EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
 from tunplug.crypto import CryptoBackend
 from tunplug.dns import DnsManager
+from tunplug.exceptions import ConfigError
 from tunplug.plugins import Kind, PluginHost, PluginRecord
 from tunplug.tun import Tun
+from tunplug.wireguard.keys import format_key, parse_key
 
 PROG = "tunplug"
 
@@ -45,6 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plugins.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    commands.add_parser(
+        "keygen",
+        help="print a new private key (base64, as 'wg genkey')",
+        description="Print a new random X25519 private key in base64, like 'wg genkey'. "
+        "Keep it secret: 'umask 077; tunplug keygen > private.key'.",
+    )
+    commands.add_parser(
+        "pubkey",
+        help="read a private key on stdin, print its public key (as 'wg pubkey')",
+        description="Read a base64 private key from standard input and print the matching "
+        "public key, like 'wg pubkey'.",
+    )
+
     demo = commands.add_parser(
         "demo",
         help="run a client and a gateway and show traffic crossing the tunnel",
@@ -68,6 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(settings.log_level)
         if args.command == "plugins":
             return show_plugins(PluginHost.from_settings(settings), as_json=args.json)
+        if args.command == "keygen":
+            print(format_key(App(settings).crypto().generate_private_key()))
+            return EXIT_OK
+        if args.command == "pubkey":
+            try:
+                private = parse_key(sys.stdin.read(), "private key")
+            except ValueError as exc:
+                raise ConfigError("stdin", str(exc)) from None
+            print(format_key(App(settings).crypto().public_key(private)))
+            return EXIT_OK
         if args.command == "demo":
             from tunplug.demo import run_in_process_demo
 

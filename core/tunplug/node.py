@@ -1,0 +1,145 @@
+"""Run one WireGuard interface from a wg-quick configuration until told to stop.
+
+Who calls it: ``tunplug-headless-client standalone --config`` (and the gateway, later). It
+builds everything from the config, runs the :class:`~tunplug.engine.TunnelEngine`, and on any
+exit (SIGINT, SIGTERM, error) takes it all down again: routes, addresses and the device (which
+the kernel deletes once tunplug's descriptors close, also after SIGKILL).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import anyio
+
+from tunplug.app import App
+from tunplug.engine import TunnelEngine
+from tunplug.events import TunnelInfo
+from tunplug.exceptions import ConfigError
+from tunplug.transport import UdpTransport
+from tunplug.tun import DEFAULT_MTU, TunOptions
+from tunplug.wgquick import WgQuickConfig
+from tunplug.wireguard import PeerConfig, Timing, WireGuardDevice
+from tunplug.wireguard.keys import format_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningInterface:
+    """Handed to ``on_ready`` once traffic can flow."""
+
+    interface: str
+    listen_port: int
+    public_key: str
+    queues: int
+
+
+def parse_test_timers(text: str) -> Timing:
+    """``"rekey_after_time=5,keepalive_timeout=2"`` -> :class:`Timing` (test-only setting)."""
+    names = {field.name: field.type for field in fields(Timing)}
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise ConfigError("TUNPLUG_TEST_TIMERS", f"unknown timer {name!r} ({', '.join(names)})")
+        try:
+            values[name] = float(value) if "float" in str(names[name]) else int(value)
+        except ValueError:
+            raise ConfigError("TUNPLUG_TEST_TIMERS", f"{name}: not a number: {value!r}") from None
+    return Timing(**values)  # type: ignore[arg-type]
+
+
+def build_device(app: App, config: WgQuickConfig) -> WireGuardDevice:
+    """The sans-IO WireGuard device with every peer of ``config``."""
+    timing = parse_test_timers(app.settings.test_timers)
+    device = WireGuardDevice(
+        config.private_key, app.crypto(), timing=timing, mtu=config.mtu or DEFAULT_MTU
+    )
+    for peer in config.peers:
+        device.add_peer(
+            PeerConfig(
+                public_key=peer.public_key,
+                preshared_key=peer.preshared_key,
+                endpoint=peer.endpoint,
+                allowed_ips=peer.allowed_ips,
+                persistent_keepalive=peer.persistent_keepalive,
+            )
+        )
+    return device
+
+
+async def run_interface(
+    app: App,
+    config: WgQuickConfig,
+    *,
+    name: str | None,
+    role: str = "client",
+    on_ready: Callable[[RunningInterface], None] | None = None,
+    stop_on_signals: bool = True,
+) -> None:
+    """Bring the interface up, carry traffic until SIGINT/SIGTERM, then take it all down."""
+    device = build_device(app, config)
+    settings = app.settings
+    options = TunOptions(
+        name=name,
+        mtu=config.mtu or DEFAULT_MTU,
+        queues=settings.tun_threads,
+        batch_size=settings.batch_size,
+        offloads=settings.offloads,
+        addresses=config.addresses,
+    )
+    app.configure()
+    async with await app.open_tun(options) as tun:
+        routes = [network for peer in config.peers for network in peer.allowed_ips]
+        await tun.add_routes(routes)
+        async with UdpTransport.bind(config.listen_port or 0) as transport:
+            info = TunnelInfo(
+                interface=tun.name,
+                tun_backend=tun.backend_name,
+                role=role,  # type: ignore[arg-type]
+                queues=tun.queues,
+                addresses=config.addresses,
+                peers=len(config.peers),
+            )
+            engine = TunnelEngine(tun, transport, device, app.pipeline(info))
+            error: BaseException | None = None
+            ready = RunningInterface(
+                tun.name,
+                transport.local_endpoint[1],
+                format_key(app.crypto().public_key(config.private_key)),
+                tun.queues,
+            )
+            log.info(
+                "interface %s up: %d queue(s), UDP port %d, %d peer(s), public key %s",
+                tun.name,
+                tun.queues,
+                ready.listen_port,
+                len(config.peers),
+                ready.public_key,
+            )
+            app.plugins.notify_tunnel_up(info)
+            try:
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(engine.run, name="engine")
+                    if stop_on_signals:
+                        tasks.start_soon(_stop_on_signal, tasks.cancel_scope, name="signals")
+                    if on_ready is not None:
+                        on_ready(ready)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                app.plugins.notify_tunnel_down(info, error)
+                log.info("interface %s going down", tun.name)
+
+
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            scope.cancel()
+            return
