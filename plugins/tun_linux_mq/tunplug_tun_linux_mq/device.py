@@ -190,7 +190,7 @@ class _Inbound:
         while True:
             with self._lock:
                 if self._closed:
-                    raise closed_error
+                    raise _fresh(closed_error)
                 if self._batches:
                     packets = self._batches.popleft()
                     if len(packets) > max_packets:
@@ -202,7 +202,7 @@ class _Inbound:
                         self._not_full.notify_all()
                     return packets
                 if self._failure is not None:
-                    raise self._failure
+                    raise _fresh(self._failure)
                 self._waker.arm()
             try:
                 await self._waker.wait()
@@ -232,9 +232,9 @@ class _Outbound:
         """Loop side, never blocks: queue what fits and return how many packets did not."""
         with self._lock:
             if self._closed:
-                raise closed_error
+                raise _fresh(closed_error)
             if self._failure is not None:
-                raise self._failure
+                raise _fresh(self._failure)
             dropped = max(0, len(packets) - (self._capacity - self._pending))
             if dropped:
                 del packets[len(packets) - dropped :]
@@ -249,9 +249,9 @@ class _Outbound:
         while True:
             with self._lock:
                 if self._closed:
-                    raise closed_error
+                    raise _fresh(closed_error)
                 if self._failure is not None:
-                    raise self._failure
+                    raise _fresh(self._failure)
                 if self._capacity - self._pending >= wanted:
                     return
                 self._wanted = wanted
@@ -453,9 +453,9 @@ class LinuxMultiQueueTun(Tun):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise self._closed_error
+            raise _fresh(self._closed_error)
         if self._failure is not None:
-            raise self._failure
+            raise _fresh(self._failure)
 
     def _fail(self, error: TunError) -> None:
         """Any thread: the device broke; every waiting and later call raises ``error``."""
@@ -500,6 +500,8 @@ class LinuxMultiQueueTun(Tun):
                 return
             if not packet:  # end of file: only a stand-in (socket) does this, tun never
                 if not self._closed:
+                    if batch:
+                        inbound.put(batch)
                     self._fail(ClosedResource(f"TUN device {self.name!r} queue {index} hung up"))
                 return
             batch.append(packet)
@@ -561,6 +563,11 @@ class LinuxMultiQueueTun(Tun):
             return
         for fd in (*self._fds, self._stop_read, self._stop_write):
             os.close(fd)
+
+
+def _fresh(error: TunError) -> TunError:
+    """A new exception like ``error``: raising one shared object would pile up tracebacks."""
+    return type(error)(str(error), error.errno)
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop:

@@ -1,0 +1,259 @@
+"""Device-side half of the linux-mq root tests: runs inside a test's network namespace.
+
+Started by ``tests/plugins/tun_linux_mq/test_mq_device.py`` with ``python_in_ns`` as
+``tun_agent.py SCENARIO JSON_ARGS``. Prints one JSON object per line: ``{"ready": ...}`` when a
+scenario waits for the test (it then reads one line from stdin), and the result last. Never
+run it in the host namespace: it creates devices, addresses and routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from tunplug.exceptions import ClosedResource, TunError
+from tunplug.testing import packets as P
+from tunplug.tun import TunOptions
+from tunplug_tun_linux_mq import LinuxMultiQueueTun, netlink
+
+OWN4, PEER4 = "10.9.0.1", "10.9.0.2"
+OWN6, PEER6 = "fd09::1", "fd09::2"
+ADDRESSES = (ipaddress.ip_interface(f"{OWN4}/24"), ipaddress.ip_interface(f"{OWN6}/64"))
+
+
+def emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def tun_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("tun-"))
+
+
+def link_exists(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def options(args: dict[str, Any], **extra: Any) -> TunOptions:
+    return TunOptions(
+        name=args.get("name", "tp0"),
+        queues=args.get("queues", 1),
+        mtu=args.get("mtu", 1420),
+        addresses=ADDRESSES if args.get("addresses", True) else (),
+        **extra,
+    )
+
+
+async def wait_for_test() -> str:
+    return (await anyio.to_thread.run_sync(sys.stdin.readline)).strip()
+
+
+async def hold(args: dict[str, Any]) -> None:
+    """Create a device, report it, wait for the test, close it and report again."""
+    tun = await LinuxMultiQueueTun.create(options(args))
+    emit(ready=True, name=tun.name, queues=tun.queues, mtu=tun.mtu, threads=tun_threads())
+    await wait_for_test()
+    await tun.aclose()
+    await tun.aclose()  # idempotent
+    errors = []
+    for call in (tun.recv_many(), tun.send_ready()):
+        try:
+            await call
+        except ClosedResource:
+            errors.append("ClosedResource")
+    try:
+        tun.send([b"x"])
+    except ClosedResource:
+        errors.append("ClosedResource")
+    emit(closed=True, link_exists=link_exists(tun.name), threads=tun_threads(), errors=errors)
+
+
+async def create_error(args: dict[str, Any]) -> None:
+    """Try to create a device; report the error (or that it worked)."""
+    try:
+        tun = await LinuxMultiQueueTun.create(options(args, **args.get("extra", {})))
+    except TunError as exc:
+        emit(error=type(exc).__name__, message=str(exc), errno=exc.errno, threads=tun_threads())
+        return
+    emit(error=None, name=tun.name)
+    await tun.aclose()
+
+
+async def twice(args: dict[str, Any]) -> None:
+    """Create a device, then try the same name again from the same process."""
+    async with await LinuxMultiQueueTun.create(options(args)):
+        await create_error({**args, "addresses": False})
+
+
+async def read(args: dict[str, Any]) -> None:
+    """Send UDP (v4 and v6) and pings to addresses routed into the device; read them back."""
+    count = args.get("count", 2000)
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+
+        def send_udp() -> None:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4,
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s6,
+            ):
+                for i in range(count):
+                    s4.sendto(i.to_bytes(4, "big"), (PEER4, 9000))
+                    s6.sendto(i.to_bytes(4, "big"), (PEER6, 9000))
+
+        # Echo requests built by the kernel's IP layer (a raw ICMP socket: no ping binary).
+        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+            for seq in range(3):
+                raw.sendto(P.icmp_echo(OWN4, PEER4, 7, seq)[20:], (PEER4, 0))
+        started = time.perf_counter()
+        sender = threading.Thread(target=send_udp)
+        sender.start()
+        udp4: list[int] = []
+        udp6: list[int] = []
+        echo_requests = batches = largest = 0
+        with anyio.move_on_after(10):
+            while len(udp4) < count or len(udp6) < count or echo_requests < 3:
+                got = await tun.recv_many()
+                batches += 1
+                largest = max(largest, len(got))
+                for packet in got:
+                    parsed = P.parse(bytes(packet))
+                    if parsed.protocol == P.UDP and parsed.dst in (PEER4, PEER6):
+                        seq = int.from_bytes(parsed.payload[8:12], "big")
+                        (udp4 if parsed.version == 4 else udp6).append(seq)
+                    elif parsed.protocol == P.ICMP and parsed.dst == PEER4:
+                        echo_requests += parsed.payload[0] == 8
+        elapsed = time.perf_counter() - started
+        sender.join()
+        emit(
+            udp4=len(udp4),
+            udp6=len(udp6),
+            in_order=udp4 == sorted(udp4) and udp6 == sorted(udp6),
+            echo_requests=echo_requests,
+            batches=batches,
+            largest_batch=largest,
+            packets_per_second=round((len(udp4) + len(udp6)) / elapsed),
+            stats=tun.stats(),
+        )
+
+
+async def write(args: dict[str, Any]) -> None:
+    """Write UDP to our own sockets (several flows, in order) and a ping; check the kernel."""
+    flows, per_flow = args.get("flows", 8), args.get("per_flow", 200)
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as r4,
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as r6,
+        ):
+            for s, own in ((r4, OWN4), (r6, OWN6)):
+                s.bind((own, 7000))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+                s.settimeout(2)
+            batch: list[bytes] = []
+            for seq in range(per_flow):
+                for flow in range(flows):
+                    payload = seq.to_bytes(4, "big")
+                    batch.append(P.udp(PEER4, OWN4, 10000 + flow, 7000, payload))
+                    batch.append(P.udp(PEER6, OWN6, 10000 + flow, 7000, payload))
+                    if len(batch) >= tun.batch_size:
+                        await tun.send_ready()
+                        tun.send(batch)
+                        batch = []
+            await tun.send_ready()
+            tun.send([*batch, bytes(40)])  # version 0: the kernel refuses it (EINVAL)
+            seen: dict[str, list[int]] = {}
+            for s in (r4, r6):
+                for _ in range(flows * per_flow):
+                    data, (host, port, *_) = await anyio.to_thread.run_sync(s.recvfrom, 64)
+                    seen.setdefault(f"{host}:{port}", []).append(int.from_bytes(data, "big"))
+        await tun.send_ready()
+        tun.send([P.icmp_echo(PEER4, OWN4, 7, 1), P.icmp_echo(PEER6, OWN6, 7, 1)])
+        replies = set()
+        with anyio.move_on_after(5):
+            while len(replies) < 2:
+                for packet in await tun.recv_many():
+                    parsed = P.parse(bytes(packet))
+                    is_icmp = parsed.protocol in (P.ICMP, P.ICMPV6)
+                    # Echo reply is type 0 in ICMP, 129 in ICMPv6.
+                    if is_icmp and parsed.dst in (PEER4, PEER6) and parsed.payload[0] in (0, 129):
+                        replies.add(parsed.version)
+        stats = tun.stats()
+    emit(
+        flows=len(seen),
+        all_in_order=all(v == list(range(per_flow)) for v in seen.values()),
+        echo_replies=sorted(replies),
+        queues_used=sum(1 for q in stats["queues"] if q["tx_packets"]),
+        stats=stats,
+    )
+
+
+async def deleted(args: dict[str, Any]) -> None:
+    """Delete the interface under a waiting reader: it must fail with ClosedResource."""
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        result: dict[str, Any] = {}
+
+        async def reader() -> None:
+            try:
+                while True:
+                    await tun.recv_many()
+            except ClosedResource as exc:
+                result["recv"] = f"ClosedResource: {exc}"
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(reader)
+                await anyio.sleep(0.1)
+                await anyio.run_process(["ip", "link", "del", tun.name])
+        try:
+            await tun.send_ready()
+            tun.send([P.udp(PEER4, OWN4, 1, 2, b"")])
+            await anyio.sleep(0.2)
+            await tun.send_ready()
+        except ClosedResource as exc:
+            result["send"] = f"ClosedResource: {exc}"
+    emit(threads=tun_threads(), **result)
+
+
+async def routes(args: dict[str, Any]) -> None:
+    """add_routes / remove_routes on a fresh device, reported with the kernel's table."""
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        networks = args["networks"]
+        added = await anyio.to_thread.run_sync(netlink.add_routes, tun.name, networks)
+        again = await anyio.to_thread.run_sync(netlink.add_routes, tun.name, networks)
+        table = (await anyio.run_process(["ip", "route", "show", "dev", tun.name])).stdout.decode()
+        table6 = (
+            await anyio.run_process(["ip", "-6", "route", "show", "dev", tun.name])
+        ).stdout.decode()
+        error = None
+        try:
+            await anyio.to_thread.run_sync(netlink.add_routes, tun.name, args.get("clash", []))
+        except TunError as exc:
+            error = {"message": str(exc), "errno": exc.errno}
+        await anyio.to_thread.run_sync(netlink.remove_routes, added)
+        await anyio.to_thread.run_sync(netlink.remove_routes, added)  # gone already: fine
+        after = (await anyio.run_process(["ip", "route", "show", "dev", tun.name])).stdout.decode()
+        after6 = (
+            await anyio.run_process(["ip", "-6", "route", "show", "dev", tun.name])
+        ).stdout.decode()
+    emit(
+        added=[str(r.network) for r in added],
+        again=[str(r.network) for r in again],
+        table=table + table6,
+        after=after + after6,
+        clash_error=error,
+    )
+
+
+SCENARIOS = {f.__name__: f for f in (hold, create_error, twice, read, write, deleted, routes)}
+
+if __name__ == "__main__":
+    scenario, arguments = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+    anyio.run(SCENARIOS[scenario], arguments)
