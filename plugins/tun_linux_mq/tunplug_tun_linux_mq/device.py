@@ -49,7 +49,8 @@ import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Sequence
-from typing import Self, TypedDict
+from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING, Self, TypedDict
 
 import anyio
 import anyio.lowlevel
@@ -65,6 +66,9 @@ from tunplug.exceptions import (
 from tunplug.tun import Packet, Tun, TunOptions
 from tunplug_tun_linux_mq import _ioctl
 from tunplug_tun_linux_mq.flow import flow_key
+
+if TYPE_CHECKING:
+    from tunplug_tun_linux_mq.netlink import Route
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +324,7 @@ class LinuxMultiQueueTun(Tun):
         self._closed = False
         self._closed_error = ClosedResource(f"TUN device {name!r} is closed")
         self._failure: TunError | None = None
+        self._routes: list[Route] = []
         self._counters = [_Counters() for _ in fds]
         self._send_drops: Counter[str] = Counter()
         self._inbound = _Inbound(loop, RX_QUEUE_BATCHES * self.queues)
@@ -407,6 +412,25 @@ class LinuxMultiQueueTun(Tun):
                     dropped += outbound.put(bucket, self._closed_error)
         if dropped:
             self._send_drops["tx_queue_full"] += dropped
+
+    async def add_routes(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        """Route ``networks`` into this device (see :func:`.netlink.add_routes`).
+
+        The kernel drops a device's routes when the device goes; :meth:`aclose` also removes
+        the recorded ones (:attr:`routes`) explicitly while the device still exists.
+        """
+        from tunplug_tun_linux_mq import netlink
+
+        self._check_open()
+        # Shielded so that routes added by the worker thread are always recorded.
+        with anyio.CancelScope(shield=True):
+            added = await anyio.to_thread.run_sync(netlink.add_routes, self.name, networks)
+        self._routes.extend(added)
+
+    @property
+    def routes(self) -> list[Route]:
+        """The routes :meth:`add_routes` added (not those that were already there)."""
+        return list(self._routes)
 
     async def aclose(self) -> None:
         if self._closed:
@@ -551,6 +575,14 @@ class LinuxMultiQueueTun(Tun):
             outbound.done(len(chunk))
 
     def _join_and_release(self) -> None:
+        if self._routes:
+            from tunplug_tun_linux_mq import netlink
+
+            try:
+                netlink.remove_routes(self._routes)
+            except TunError as exc:
+                log.warning("%s (the kernel removes them with the device)", exc)
+            self._routes.clear()
         stuck = []
         for thread in self._threads:
             thread.join(JOIN_TIMEOUT_SECONDS)

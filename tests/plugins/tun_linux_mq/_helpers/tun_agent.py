@@ -239,6 +239,8 @@ async def routes(args: dict[str, Any]) -> None:
             error = {"message": str(exc), "errno": exc.errno}
         await anyio.to_thread.run_sync(netlink.remove_routes, added)
         await anyio.to_thread.run_sync(netlink.remove_routes, added)  # gone already: fine
+        await tun.add_routes([ipaddress.ip_network("10.30.0.0/16")])
+        recorded = [str(r) for r in tun.routes]
         after = (await anyio.run_process(["ip", "route", "show", "dev", tun.name])).stdout.decode()
         after6 = (
             await anyio.run_process(["ip", "-6", "route", "show", "dev", tun.name])
@@ -249,6 +251,7 @@ async def routes(args: dict[str, Any]) -> None:
         table=table + table6,
         after=after + after6,
         clash_error=error,
+        recorded=recorded,
     )
 
 
