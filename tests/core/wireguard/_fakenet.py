@@ -75,6 +75,7 @@ class Sent:
     source: Endpoint
     destination: Endpoint
     data: bytes
+    at: float = 0.0
 
 
 class FakeNet:
@@ -162,7 +163,7 @@ class FakeNet:
     # -- moving bytes ---------------------------------------------------------------------------
     def emit(self, node: Node, output: Output) -> Output:
         for data, destination in output.to_network:
-            sent = Sent(node.address, destination, data)
+            sent = Sent(node.address, destination, data, self.now)
             self.log.append(sent)
             if self.filter(sent):
                 self.in_flight.append(sent)
@@ -206,8 +207,10 @@ class FakeNet:
     def advance(self, seconds: float, step: float = 0.1) -> None:
         """Move the clock forward, running due timers and delivering traffic as it goes."""
         end = self.now + seconds
-        while self.now < end - 1e-9:
+        while self.now < end:
             self.now = min(end, self.now + step)
+            if end - self.now < 1e-9:
+                self.now = end
             self.tick_all()
             self.flush()
 
