@@ -107,7 +107,10 @@ class FakeNet:
         **device_options: object,
     ) -> Node:
         key = private_key or self.crypto.generate_private_key()
-        options: dict[str, object] = {"timing": self.timing, "wall_clock": wall_clock or self.wall_clock}
+        options: dict[str, object] = {
+            "timing": self.timing,
+            "wall_clock": wall_clock or self.wall_clock,
+        }
         options.update(device_options)
         device = WireGuardDevice(key, self.crypto, **options)  # type: ignore[arg-type]
         node = Node(name, device, address, inner_v4, inner_v6, key)

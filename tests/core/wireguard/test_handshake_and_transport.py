@@ -6,12 +6,12 @@ import hashlib
 import struct
 
 import pytest
-from tunplug_crypto_cryptography.backend import CryptographyBackend
-from tunplug_crypto_sodium.backend import SodiumBackend
 
 from tunplug.crypto import CryptoBackend
 from tunplug.wireguard import PeerConfig, Timing
 from tunplug.wireguard.constants import LABEL_MAC1
+from tunplug_crypto_cryptography.backend import CryptographyBackend
+from tunplug_crypto_sodium.backend import SodiumBackend
 
 from ._fakenet import FakeNet, Node, ipv4_packet, ipv6_packet
 
@@ -83,18 +83,20 @@ def test_message_layouts_on_the_wire() -> None:
     initiation, response, transport = (s.data for s in net.log)
     assert len(initiation) == 148 and initiation[:4] == b"\x01\x00\x00\x00"
     mac1_key = hashlib.blake2s(LABEL_MAC1 + b.public_key).digest()
-    assert initiation[116:132] == hashlib.blake2s(
-        initiation[:116], key=mac1_key, digest_size=16
-    ).digest()
+    assert (
+        initiation[116:132]
+        == hashlib.blake2s(initiation[:116], key=mac1_key, digest_size=16).digest()
+    )
     assert initiation[132:] == bytes(16)  # no cookie: mac2 is zeros
     assert len(response) == 92 and response[:4] == b"\x02\x00\x00\x00"
     initiator_index = initiation[4:8]
     responder_index = response[4:8]
     assert response[8:12] == initiator_index
     response_mac1_key = hashlib.blake2s(LABEL_MAC1 + a.public_key).digest()
-    assert response[60:76] == hashlib.blake2s(
-        response[:60], key=response_mac1_key, digest_size=16
-    ).digest()
+    assert (
+        response[60:76]
+        == hashlib.blake2s(response[:60], key=response_mac1_key, digest_size=16).digest()
+    )
     # transport: type 4, receiver = responder's index, counter 0, 25 bytes padded to 32 + tag
     assert transport[:4] == b"\x04\x00\x00\x00"
     assert transport[4:8] == responder_index
@@ -108,7 +110,9 @@ def test_message_layouts_on_the_wire() -> None:
     ("inner_size", "mtu", "expected_plaintext"),
     [(20, 1420, 32), (32, 1420, 32), (1419, 1420, 1420), (1420, 1420, 1420), (100, 100, 100)],
 )
-def test_padding_to_sixteen_not_beyond_mtu(inner_size: int, mtu: int, expected_plaintext: int) -> None:
+def test_padding_to_sixteen_not_beyond_mtu(
+    inner_size: int, mtu: int, expected_plaintext: int
+) -> None:
     net = FakeNet()
     a = net.add_node("a", A_ADDR, "10.0.0.1", "fd00::1", mtu=mtu)
     b = net.add_node("b", B_ADDR, "10.0.0.2", "fd00::2", mtu=mtu)
@@ -213,7 +217,7 @@ def test_restarted_server_without_client_endpoint_recovers_by_client_rehandshake
 
 
 def test_unanswered_data_triggers_a_new_handshake_after_fifteen_seconds() -> None:
-    net, a, b = make_pair()
+    net, a, _b = make_pair()
     net.send(a, [ipv4_packet("10.0.0.1", "10.0.0.2")])
     net.flush()
     # b vanishes: a keeps sending, hears nothing back
@@ -229,7 +233,7 @@ def test_unanswered_data_triggers_a_new_handshake_after_fifteen_seconds() -> Non
 
 
 def test_keepalive_is_not_forwarded_and_passive_keepalive_answers_data() -> None:
-    net, a, b = make_pair()
+    net, a, _b = make_pair()
     net.send(a, [ipv4_packet("10.0.0.1", "10.0.0.2")])
     net.flush()
     count = len(net.log)
