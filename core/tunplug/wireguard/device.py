@@ -40,7 +40,13 @@ from tunplug.wireguard.constants import (
     UNDER_LOAD_THRESHOLD,
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
-from tunplug.wireguard.messages import COOKIE_REPLY, FIXED_SIZES, RESPONSE, TRANSPORT_HEADER
+from tunplug.wireguard.messages import (
+    COOKIE_REPLY,
+    FIXED_SIZES,
+    RESPONSE,
+    TRANSPORT_HEADER,
+    padded,
+)
 from tunplug.wireguard.noise import (
     HandshakeError,
     Identity,
@@ -54,9 +60,9 @@ from tunplug.wireguard.noise import (
 )
 from tunplug.wireguard.peer import Endpoint, Keypair, Peer, PeerConfig, PeerStats
 from tunplug.wireguard.routing import AllowedIPs
+from tunplug.wireguard.sessions import IndexTable
 from tunplug.wireguard.timers import INF, Timing
 
-_ZEROS = bytes(16)
 #: Slack when comparing a timer deadline with the handshake rate limit (float rounding).
 _EPSILON = 1e-6
 
@@ -70,17 +76,6 @@ class Output:
 
     to_network: list[tuple[bytes, Endpoint]] = field(default_factory=list)
     to_tun: list[bytes] = field(default_factory=list)
-
-
-def padded(packet: Packet, mtu: int) -> bytes | memoryview:
-    """``packet`` zero-padded to a multiple of 16 bytes, not beyond ``mtu`` (wireguard-go's
-    ``calculatePaddingSize``)."""
-    size = len(packet)
-    last = size % mtu if size > mtu else size
-    target = min((last + 15) & ~15, mtu)
-    if target <= last:
-        return packet if not isinstance(packet, bytearray) else bytes(packet)
-    return bytes(packet) + _ZEROS[: target - last]
 
 
 def _normalise(endpoint: tuple[object, ...]) -> Endpoint:
@@ -123,8 +118,7 @@ class WireGuardDevice:
         self.public_key = self.identity.public
         self._peers: dict[bytes, Peer] = {}
         self._routes: AllowedIPs[Peer] = AllowedIPs()
-        #: Local index -> the peer whose handshake owns it, or the keypair it names.
-        self._indices: dict[int, Peer | Keypair] = {}
+        self._indices = IndexTable(random)
         self._cookies = CookieChecker(crypto, self.public_key, random, timing.cookie_refresh_time)
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
@@ -163,7 +157,7 @@ class WireGuardDevice:
         if peer is None:
             return
         self._routes.remove_value(peer)
-        self._zero_and_flush(peer)
+        self._indices.zero_and_flush(peer)
         peer.timers.stop_all()
 
     def peer_stats(self) -> list[PeerStats]:
@@ -295,7 +289,7 @@ class WireGuardDevice:
             self.drops["no-endpoint"] += 1
             return
         handshake = peer.handshake
-        local_index = self._replace_handshake_index(peer)
+        local_index = self._indices.new_handshake_index(peer)
         try:
             message = create_initiation(
                 self.identity,
@@ -305,7 +299,7 @@ class WireGuardDevice:
                 tai64n(self._wall_clock()),
             )
         except HandshakeError as error:
-            self._indices.pop(local_index, None)
+            self._indices.forget_handshake_index(peer)
             handshake.local_index = 0
             self.drops[error.reason] += 1
             return
@@ -419,11 +413,11 @@ class WireGuardDevice:
         timers.any_authenticated_packet_received()
         peer.rx_bytes += INITIATION_SIZE
         # Whatever we had initiated is superseded: its index must not accept a response.
-        local_index = self._replace_handshake_index(peer)
+        local_index = self._indices.new_handshake_index(peer)
         try:
             message = create_response(identity, handshake, local_index, self._ephemeral())
         except HandshakeError as error:
-            self._forget_handshake(peer)
+            self._indices.forget_handshake(peer)
             self.drops[error.reason] += 1
             return
         peer.cookie.add_macs(message, now)
@@ -473,7 +467,7 @@ class WireGuardDevice:
     def _decrypt_transport(
         self, run: list[tuple[bytes | memoryview, Endpoint]], now: float, out: Output
     ) -> None:
-        indices = self._indices
+        indices = self._indices.entries
         reject_after_time = self.timing.reject_after_time
         unpack = TRANSPORT_HEADER.unpack_from
         groups: dict[Keypair, tuple[list[int], list[memoryview], list[Endpoint]]] = {}
@@ -562,11 +556,7 @@ class WireGuardDevice:
 
     def _confirm_next_keypair(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
         """The initiator used the session we responded with: make it current and send."""
-        old_previous = peer.previous
-        peer.previous = peer.current
-        peer.current = keypair
-        peer.next = None
-        self._delete_keypair(old_previous)
+        self._indices.confirm_next(peer, keypair)
         peer.timers.handshake_complete()
         peer.last_handshake = now
         self._send_staged(peer, now, out)
@@ -599,52 +589,7 @@ class WireGuardDevice:
             reject_after_messages=self.timing.reject_after_messages,
         )
         handshake.clear()
-        self._indices[keypair.local_index] = keypair
-        if is_initiator:
-            old_previous = peer.previous
-            if peer.next is not None:
-                peer.previous = peer.next
-                peer.next = None
-                self._delete_keypair(peer.current)
-            else:
-                peer.previous = peer.current
-            self._delete_keypair(old_previous)
-            peer.current = keypair
-        else:
-            self._delete_keypair(peer.next)
-            peer.next = keypair
-            self._delete_keypair(peer.previous)
-            peer.previous = None
-
-    def _delete_keypair(self, keypair: Keypair | None) -> None:
-        if keypair is not None and self._indices.get(keypair.local_index) is keypair:
-            del self._indices[keypair.local_index]
-
-    def _replace_handshake_index(self, peer: Peer) -> int:
-        self._forget_handshake_index(peer)
-        while True:
-            index = int.from_bytes(self._random(4), "little")
-            if index not in self._indices:
-                break
-        self._indices[index] = peer
-        peer.handshake.local_index = index
-        return index
-
-    def _forget_handshake_index(self, peer: Peer) -> None:
-        index = peer.handshake.local_index
-        if index and self._indices.get(index) is peer:
-            del self._indices[index]
-
-    def _forget_handshake(self, peer: Peer) -> None:
-        self._forget_handshake_index(peer)
-        peer.handshake.clear()
-
-    def _zero_and_flush(self, peer: Peer) -> None:
-        for keypair in peer.keypairs():
-            self._delete_keypair(keypair)
-        peer.current = peer.previous = peer.next = None
-        self._forget_handshake(peer)
-        peer.staged.clear()
+        self._indices.install(peer, keypair)
 
     def _ephemeral(self) -> bytes:
         key = bytearray(self._random(32))
@@ -696,7 +641,7 @@ class WireGuardDevice:
                 self._send_initiation(peer, now, out, retry=False)
             if timers.zero_key_material <= now:
                 timers.zero_key_material = INF
-                self._zero_and_flush(peer)
+                self._indices.zero_and_flush(peer)
             if timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = INF
                 if timers.persistent_keepalive_interval > 0:

@@ -49,8 +49,21 @@ FIXED_SIZES: Final = {
     MESSAGE_COOKIE_REPLY: COOKIE_REPLY_SIZE,
 }
 
+_ZEROS: Final = bytes(16)
+
 #: The transport type word, ready to prefix a header.
 TRANSPORT_TYPE_BYTES: Final = MESSAGE_TYPE.pack(MESSAGE_TRANSPORT)
+
+
+def padded(packet: bytes | bytearray | memoryview, mtu: int) -> bytes | memoryview:
+    """``packet`` zero-padded to a multiple of 16 bytes, not beyond ``mtu`` (wireguard-go's
+    ``calculatePaddingSize``)."""
+    size = len(packet)
+    last = size % mtu if size > mtu else size
+    target = min((last + 15) & ~15, mtu)
+    if target <= last:
+        return packet if not isinstance(packet, bytearray) else bytes(packet)
+    return bytes(packet) + _ZEROS[: target - last]
 
 
 def mac1_offset(message_size: int) -> int:

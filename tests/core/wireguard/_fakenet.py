@@ -126,7 +126,7 @@ class FakeNet:
             old.inner_v4,
             old.inner_v6,
             private_key=old.private_key,
-            **device_options,
+            **device_options,  # type: ignore[arg-type]
         )
 
     def connect(

@@ -72,7 +72,7 @@ def test_handshake_retransmitted_when_initiation_is_lost() -> None:
             return False
         return True
 
-    net.filter = lose_first_initiation  # type: ignore[assignment]
+    net.filter = lose_first_initiation
     start = net.now
     packet = ipv4_packet("10.0.0.1", "10.0.0.2")
     net.send(a, [packet])
@@ -95,7 +95,7 @@ def test_handshake_retransmitted_when_response_is_lost() -> None:
             return False
         return True
 
-    net.filter = lose_first_response  # type: ignore[assignment]
+    net.filter = lose_first_response
     packet = ipv4_packet("10.0.0.1", "10.0.0.2")
     net.send(a, [packet])
     net.advance(5.4)
