@@ -506,10 +506,10 @@ class LinuxMultiQueueTun(Tun):
                 packet = read(fd, READ_SIZE)
             except BlockingIOError:
                 if batch:
-                    counters.rx_packets += len(batch)
-                    counters.rx_bytes += sum(map(len, batch))
                     if not inbound.put(batch):
                         return
+                    counters.rx_packets += len(batch)
+                    counters.rx_bytes += sum(map(len, batch))
                     batch = []
                     continue  # more may have arrived meanwhile: read before sleeping
                 for ready, _ in poller.poll():
@@ -530,10 +530,10 @@ class LinuxMultiQueueTun(Tun):
                 return
             batch.append(packet)
             if len(batch) >= batch_size:
-                counters.rx_packets += len(batch)
-                counters.rx_bytes += sum(map(len, batch))
                 if not inbound.put(batch):
                     return
+                counters.rx_packets += len(batch)
+                counters.rx_bytes += sum(map(len, batch))
                 batch = []
 
     def _write_loop(self, index: int, fd: int) -> None:
