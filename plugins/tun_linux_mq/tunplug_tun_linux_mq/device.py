@@ -13,10 +13,12 @@ How it works:
   also when the process is killed.
 - **Reading.** Each queue has a reader thread (``tun-<name>-q<i>-rx``) that reads one packet
   per ``read()`` from its non-blocking descriptor until the queue is empty or a batch is
-  full, then hands the batch to the event loop through :class:`_Inbound`: a lock-protected
-  deque of at most ``RX_QUEUE_BATCHES`` batches per queue. When it is full the reader blocks,
-  the kernel's own queue fills and the kernel drops, so memory stays bounded. The reader
-  sleeps in ``poll()`` on its descriptor and a stop pipe only when its queue is empty.
+  full, then hands the batch to the event loop through :class:`._channels.Inbound`: a
+  lock-protected deque of at most ``RX_QUEUE_BATCHES`` batches per queue. When it is full the
+  reader blocks, the kernel's own queue fills and the kernel drops, so memory stays bounded.
+  The reader sleeps in ``poll()`` on its descriptor and a stop pipe only when its queue is
+  empty (a blocking ``read()`` could not be interrupted at shutdown: closing a descriptor
+  does not wake a thread blocked on it).
 - **Hand-off to the event loop.** A batch costs one uncontended lock; the loop is woken
   (``call_soon_threadsafe`` setting an :class:`asyncio.Event`) only when a task is actually
   waiting. The kernel already spreads flows over the queues on this side.
@@ -40,14 +42,13 @@ ioctls), :meth:`LinuxMultiQueueTun._read_loop` (split a super-packet into the ba
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import importlib.util
 import logging
 import os
 import sys
 import threading
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Self, TypedDict
@@ -65,6 +66,7 @@ from tunplug.exceptions import (
 )
 from tunplug.tun import Packet, Tun, TunOptions
 from tunplug_tun_linux_mq import _ioctl
+from tunplug_tun_linux_mq._channels import Inbound, Outbound, fresh
 from tunplug_tun_linux_mq.flow import flow_key
 
 if TYPE_CHECKING:
@@ -121,183 +123,6 @@ class _Counters:
         self.write_drops: Counter[str] = Counter()
 
 
-class _Waker:
-    """Wakes the one event-loop task waiting on a channel, from any thread.
-
-    ``waiting`` and the calls to :meth:`arm` and :meth:`fire` are guarded by the owning
-    channel's lock, so a wake-up can neither be lost nor sent when nobody waits.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
-        self._event = asyncio.Event()
-        self.waiting = False
-
-    def arm(self) -> None:
-        self._event.clear()
-        self.waiting = True
-
-    def fire(self) -> None:
-        self.waiting = False
-        if threading.get_ident() == self._loop_thread:
-            self._event.set()
-            return
-        # RuntimeError: the loop is closed, so nobody can be waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._event.set)
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
-class _Inbound:
-    """Batches from the reader threads to :meth:`LinuxMultiQueueTun.recv_many`. Bounded."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
-        self._batches: deque[list[bytes]] = deque()
-        self._capacity = capacity
-        self._closed = False
-        self._failure: TunError | None = None
-        self._waker = _Waker(loop)
-
-    def put(self, batch: list[bytes]) -> bool:
-        """Reader side: queue ``batch``, blocking while full. ``False`` once closed."""
-        with self._lock:
-            while len(self._batches) >= self._capacity and not self._closed:
-                self._not_full.wait()
-            if self._closed:
-                return False
-            self._batches.append(batch)
-            if self._waker.waiting:
-                self._waker.fire()
-            return True
-
-    def fail(self, error: TunError) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = error
-            if self._waker.waiting:
-                self._waker.fire()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._not_full.notify_all()
-            if self._waker.waiting:
-                self._waker.fire()
-
-    async def get(self, max_packets: int, closed_error: ClosedResource) -> list[bytes]:
-        """Loop side: wait for packets, return up to ``max_packets``, merging small batches."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise _fresh(closed_error)
-                if self._batches:
-                    packets = self._batches.popleft()
-                    if len(packets) > max_packets:
-                        self._batches.appendleft(packets[max_packets:])
-                        del packets[max_packets:]
-                    else:
-                        while self._batches and len(packets) + len(self._batches[0]) <= max_packets:
-                            packets += self._batches.popleft()
-                        self._not_full.notify_all()
-                    return packets
-                if self._failure is not None:
-                    raise _fresh(self._failure)
-                self._waker.arm()
-            try:
-                await self._waker.wait()
-            finally:
-                with self._lock:
-                    self._waker.waiting = False
-
-
-class _Outbound:
-    """The bounded packet queue of one writer thread, filled by :meth:`LinuxMultiQueueTun.send`.
-
-    ``_pending`` counts packets queued or being written, so the bound covers both.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
-        self._chunks: deque[list[bytes]] = deque()
-        self._pending = 0
-        self._capacity = capacity
-        self._wanted = 0
-        self._closed = False
-        self._failure: TunError | None = None
-        self._waker = _Waker(loop)
-
-    def put(self, packets: list[bytes], closed_error: ClosedResource) -> int:
-        """Loop side, never blocks: queue what fits and return how many packets did not."""
-        with self._lock:
-            if self._closed:
-                raise _fresh(closed_error)
-            if self._failure is not None:
-                raise _fresh(self._failure)
-            dropped = max(0, len(packets) - (self._capacity - self._pending))
-            if dropped:
-                del packets[len(packets) - dropped :]
-            if packets:
-                self._chunks.append(packets)
-                self._pending += len(packets)
-                self._not_empty.notify()
-            return dropped
-
-    async def wait_room(self, wanted: int, closed_error: ClosedResource) -> None:
-        """Loop side: wait until ``wanted`` more packets fit."""
-        while True:
-            with self._lock:
-                if self._closed:
-                    raise _fresh(closed_error)
-                if self._failure is not None:
-                    raise _fresh(self._failure)
-                if self._capacity - self._pending >= wanted:
-                    return
-                self._wanted = wanted
-                self._waker.arm()
-            try:
-                await self._waker.wait()
-            finally:
-                with self._lock:
-                    self._waker.waiting = False
-
-    def take(self) -> list[bytes] | None:
-        """Writer side: the next chunk, blocking while empty. ``None`` once closed."""
-        with self._lock:
-            while not self._chunks and not self._closed:
-                self._not_empty.wait()
-            if self._closed:
-                return None
-            return self._chunks.popleft()
-
-    def done(self, count: int) -> None:
-        """Writer side: ``count`` packets of a taken chunk are written (or dropped)."""
-        with self._lock:
-            self._pending -= count
-            if self._waker.waiting and self._capacity - self._pending >= self._wanted:
-                self._waker.fire()
-
-    def fail(self, error: TunError) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = error
-            if self._waker.waiting:
-                self._waker.fire()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._chunks.clear()
-            self._not_empty.notify_all()
-            if self._waker.waiting:
-                self._waker.fire()
-
-
 class LinuxMultiQueueTun(Tun):
     """A Linux TUN device with one reader and one writer thread per queue.
 
@@ -327,9 +152,9 @@ class LinuxMultiQueueTun(Tun):
         self._routes: list[Route] = []
         self._counters = [_Counters() for _ in fds]
         self._send_drops: Counter[str] = Counter()
-        self._inbound = _Inbound(loop, RX_QUEUE_BATCHES * self.queues)
+        self._inbound = Inbound(loop, RX_QUEUE_BATCHES * self.queues)
         capacity = TX_QUEUE_BATCHES * self.batch_size
-        self._outbound = [_Outbound(loop, capacity) for _ in fds]
+        self._outbound = [Outbound(loop, capacity) for _ in fds]
         for fd in self._fds:
             os.set_blocking(fd, False)
         self._stop_read, self._stop_write = os.pipe()
@@ -477,9 +302,9 @@ class LinuxMultiQueueTun(Tun):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise _fresh(self._closed_error)
+            raise fresh(self._closed_error)
         if self._failure is not None:
-            raise _fresh(self._failure)
+            raise fresh(self._failure)
 
     def _fail(self, error: TunError) -> None:
         """Any thread: the device broke; every waiting and later call raises ``error``."""
@@ -595,11 +420,6 @@ class LinuxMultiQueueTun(Tun):
             return
         for fd in (*self._fds, self._stop_read, self._stop_write):
             os.close(fd)
-
-
-def _fresh(error: TunError) -> TunError:
-    """A new exception like ``error``: raising one shared object would pile up tracebacks."""
-    return type(error)(str(error), error.errno)
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop:
