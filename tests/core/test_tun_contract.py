@@ -110,3 +110,19 @@ def test_options_reject_nonsense():
         TunOptions(mtu=100)
     with pytest.raises(ValueError, match="queues"):
         TunOptions(queues=0)
+
+
+async def test_inject_beyond_capacity_completes_while_a_reader_drains():
+    tun = FakeTun(TunOptions(batch_size=10), capacity=20)
+    received: list[bytes] = []
+
+    async def reader() -> None:
+        while len(received) < 100:
+            received.extend(await tun.recv_many())
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(reader)
+            await anyio.sleep(0.01)  # the reader is waiting on an empty device
+            await tun.inject(packets(100))
+    assert received == packets(100)

@@ -107,13 +107,14 @@ class FakeTun(Tun):
     # -- the test's side (the "kernel") ----------------------------------------------------
     async def inject(self, packets: Sequence[Packet]) -> None:
         """Put packets where :meth:`recv_many` finds them, waiting while the inbox is full."""
-        for packet in packets:
-            while len(self._inbox) >= self.capacity:
-                self._check_open()
-                await self._inbox_changed.wait()
+        pending = deque(bytes(packet) for packet in packets)
+        while pending:
             self._check_open()
-            self._inbox.append(bytes(packet))
-        self._inbox_changed.fire()
+            while pending and len(self._inbox) < self.capacity:
+                self._inbox.append(pending.popleft())
+            self._inbox_changed.fire()  # wake the reader before waiting for it to make room
+            if pending:
+                await self._inbox_changed.wait()
 
     async def delivered(self, count: int = 1) -> list[bytes]:
         """Wait until ``count`` packets were sent to the device, and take them."""

@@ -19,6 +19,7 @@ from tunplug.engine import TunnelEngine
 from tunplug.pipeline import Pipeline
 from tunplug.testing.fake import FakeTun
 from tunplug.testing.network import MemoryNetwork
+from tunplug.testing.packets import icmp_echo
 from tunplug.tun import TunOptions
 
 
@@ -41,6 +42,16 @@ class TunnelPair:
     client: Side
     gateway: Side
 
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Complete the handshake (one ping, client to gateway, taken off the gateway's device).
+
+        Until then WireGuard holds only a bounded number of packets per peer, so a test that
+        floods the tunnel connects first.
+        """
+        with anyio.fail_after(timeout):
+            await self.client.tun.inject([icmp_echo(self.client.address, self.gateway.address, 0, 0)])
+            await self.gateway.tun.delivered(1)
+
 
 @asynccontextmanager
 async def open_tunnel_pair(
@@ -50,10 +61,12 @@ async def open_tunnel_pair(
     gateway_pipeline: Pipeline | None = None,
     preshared_key: bytes | None = None,
     network: MemoryNetwork | None = None,
+    tun_capacity: int = 1024,
 ) -> AsyncIterator[TunnelPair]:
     """Start both engines; yield once they run; stop them and close everything on exit.
 
-    The client is ``10.99.0.2`` / ``fd99::2``, the gateway ``10.99.0.1`` / ``fd99::1``; each
+    ``tun_capacity`` bounds each fake device's queues (small values make backpressure easy to
+    see). The client is ``10.99.0.2`` / ``fd99::2``, the gateway ``10.99.0.1`` / ``fd99::1``; each
     routes the whole tunnel subnet to the other.
     """
     from tunplug.wireguard import PeerConfig, WireGuardDevice
@@ -88,7 +101,8 @@ async def open_tunnel_pair(
                             ip_interface(addresses[side][0] + "/24"),
                             ip_interface(addresses[side][1] + "/64"),
                         ),
-                    )
+                    ),
+                    capacity=tun_capacity,
                 )
                 transport = network.bind(endpoints[side])
                 engine = TunnelEngine(tun, transport, device, pipelines[side])
