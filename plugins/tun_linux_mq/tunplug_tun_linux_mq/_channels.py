@@ -14,8 +14,16 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from typing import Protocol
 
 from tunplug.exceptions import ClosedResource, TunError
+
+
+class ReadCounters(Protocol):
+    """What :meth:`Inbound.put` counts in."""
+
+    rx_packets: int
+    rx_bytes: int
 
 
 class Waker:
@@ -60,14 +68,22 @@ class Inbound:
         self._failure: TunError | None = None
         self._waker = Waker(loop)
 
-    def put(self, batch: list[bytes]) -> bool:
-        """Reader side: queue ``batch``, blocking while full. ``False`` once closed."""
+    def put(self, batch: list[bytes], counters: ReadCounters | None = None) -> bool:
+        """Reader side: queue ``batch``, blocking while full. ``False`` once closed.
+
+        ``counters`` are updated under the lock, so a batch is counted before any consumer
+        can see it.
+        """
+        size = sum(map(len, batch)) if counters is not None else 0
         with self._lock:
             while len(self._batches) >= self._capacity and not self._closed:
                 self._not_full.wait()
             if self._closed:
                 return False
             self._batches.append(batch)
+            if counters is not None:
+                counters.rx_packets += len(batch)
+                counters.rx_bytes += size
             if self._waker.waiting:
                 self._waker.fire()
             return True

@@ -331,10 +331,8 @@ class LinuxMultiQueueTun(Tun):
                 packet = read(fd, READ_SIZE)
             except BlockingIOError:
                 if batch:
-                    if not inbound.put(batch):
+                    if not inbound.put(batch, counters):
                         return
-                    counters.rx_packets += len(batch)
-                    counters.rx_bytes += sum(map(len, batch))
                     batch = []
                     continue  # more may have arrived meanwhile: read before sleeping
                 for ready, _ in poller.poll():
@@ -344,21 +342,19 @@ class LinuxMultiQueueTun(Tun):
             except OSError as exc:
                 if not self._closed:
                     if batch:
-                        inbound.put(batch)
+                        inbound.put(batch, counters)
                     self._fail(_io_error(exc, f"read from {self.name} queue {index}"))
                 return
             if not packet:  # end of file: only a stand-in (socket) does this, tun never
                 if not self._closed:
                     if batch:
-                        inbound.put(batch)
+                        inbound.put(batch, counters)
                     self._fail(ClosedResource(f"TUN device {self.name!r} queue {index} hung up"))
                 return
             batch.append(packet)
             if len(batch) >= batch_size:
-                if not inbound.put(batch):
+                if not inbound.put(batch, counters):
                     return
-                counters.rx_packets += len(batch)
-                counters.rx_bytes += sum(map(len, batch))
                 batch = []
 
     def _write_loop(self, index: int, fd: int) -> None:

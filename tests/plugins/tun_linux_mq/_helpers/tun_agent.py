@@ -191,7 +191,7 @@ async def write(args: dict[str, Any]) -> None:
                     # Echo reply is type 0 in ICMP, 129 in ICMPv6.
                     if is_icmp and parsed.dst in (PEER4, PEER6) and parsed.payload[0] in (0, 129):
                         replies.add(parsed.version)
-        stats = tun.stats()
+    stats = tun.stats()  # after close: the writer threads have counted everything
     emit(
         flows=len(seen),
         all_in_order=all(v == list(range(per_flow)) for v in seen.values()),
