@@ -125,6 +125,7 @@ async def run_interface(
             try:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(engine.run, name="engine")
+                    tasks.start_soon(_log_handshakes, device, name="handshake-log")
                     if stop_on_signals:
                         tasks.start_soon(_stop_on_signal, tasks.cancel_scope, name="signals")
                     if on_ready is not None:
@@ -135,6 +136,26 @@ async def run_interface(
             finally:
                 app.plugins.notify_tunnel_down(info, error)
                 log.info("interface %s going down", tun.name)
+
+
+#: How often the handshake log looks at the peers (not per packet: a timer).
+HANDSHAKE_LOG_INTERVAL = 0.5
+
+
+async def _log_handshakes(device: WireGuardDevice) -> None:
+    """Log each completed handshake once, from a timer (never from the packet path)."""
+    seen: dict[bytes, float | None] = {}
+    while True:
+        for peer in device.peer_stats():
+            if peer.last_handshake is not None and seen.get(peer.public_key) != peer.last_handshake:
+                seen[peer.public_key] = peer.last_handshake
+                endpoint = f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else "?"
+                log.info(
+                    "handshake complete with peer %s at %s",
+                    format_key(peer.public_key)[:8] + "...",
+                    endpoint,
+                )
+        await anyio.sleep(HANDSHAKE_LOG_INTERVAL)
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -24,7 +24,10 @@ async def test_ping_crosses_the_tunnel(tunnel_pair):  # the README's example, ve
 
 async def test_udp_over_ipv4_and_ipv6_both_ways(tunnel_pair):
     client, gateway = tunnel_pair.client, tunnel_pair.gateway
-    out = [udp("10.99.0.2", "10.99.0.1", 5000, 53, b"v4"), udp("fd99::2", "fd99::1", 5000, 53, b"v6")]
+    out = [
+        udp("10.99.0.2", "10.99.0.1", 5000, 53, b"v4"),
+        udp("fd99::2", "fd99::1", 5000, 53, b"v6"),
+    ]
     await client.tun.inject(out)
     assert await gateway.tun.delivered(2) == out
     back = [udp("fd99::1", "fd99::2", 53, 5000, b"v6 answer")]
@@ -94,8 +97,13 @@ async def test_a_stage_can_drop_packets(tunplug_plugin_host):
         def inbound(self, packets):
             return packets
 
-    async with open_tunnel_pair(CryptographyBackend(), client_pipeline=_pipeline(DropDns())) as pair:
-        dns, web = udp("10.99.0.2", "10.99.0.1", 9, 53, b"q"), udp("10.99.0.2", "10.99.0.1", 9, 80, b"w")
+    async with open_tunnel_pair(
+        CryptographyBackend(), client_pipeline=_pipeline(DropDns())
+    ) as pair:
+        dns, web = (
+            udp("10.99.0.2", "10.99.0.1", 9, 53, b"q"),
+            udp("10.99.0.2", "10.99.0.1", 9, 80, b"w"),
+        )
         await pair.client.tun.inject([dns, web])
         with anyio.fail_after(5):
             assert await pair.gateway.tun.delivered(1) == [web]

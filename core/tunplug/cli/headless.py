@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     standalone.add_argument(
         "--tun-threads",
         type=int,
-        help="device queues, one reader and one writer thread each (TUNPLUG_TUN_THREADS, default 1)",
+        help="device queues, one reader and one writer thread each "
+        "(TUNPLUG_TUN_THREADS, default 1)",
     )
     standalone.add_argument(
         "--log-level",
@@ -77,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        settings = load_settings(
-            {field: getattr(args, field) for field in FLAGS}, flags=FLAGS
-        )
+        settings = load_settings({field: getattr(args, field) for field in FLAGS}, flags=FLAGS)
         setup_logging(settings.log_level)
         config = load_wg_quick(args.config)
         if not config.peers:

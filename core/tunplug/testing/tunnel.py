@@ -22,6 +22,9 @@ from tunplug.testing.network import MemoryNetwork
 from tunplug.testing.packets import icmp_echo
 from tunplug.tun import TunOptions
 
+#: How long :meth:`TunnelPair.connect` may take.
+CONNECT_TIMEOUT = 5.0
+
 
 @dataclass(slots=True)
 class Side:
@@ -42,14 +45,16 @@ class TunnelPair:
     client: Side
     gateway: Side
 
-    async def connect(self, timeout: float = 5.0) -> None:
+    async def connect(self) -> None:
         """Complete the handshake (one ping, client to gateway, taken off the gateway's device).
 
         Until then WireGuard holds only a bounded number of packets per peer, so a test that
         floods the tunnel connects first.
         """
-        with anyio.fail_after(timeout):
-            await self.client.tun.inject([icmp_echo(self.client.address, self.gateway.address, 0, 0)])
+        with anyio.fail_after(CONNECT_TIMEOUT):
+            await self.client.tun.inject(
+                [icmp_echo(self.client.address, self.gateway.address, 0, 0)]
+            )
             await self.gateway.tun.delivered(1)
 
 
