@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tunplug.testing.netns import NetNS, veth_pair
+from tunplug.wireguard.keys import format_key
 
 Kind = Literal["tunplug", "wireguard-go"]
 
@@ -37,21 +38,20 @@ LISTEN_PORT = 51820
 WIREGUARD_RUN_DIR = Path("/var/run/wireguard")
 
 
-def _wg(*args: str, input: str | None = None) -> str:
-    return subprocess.run(
-        ["wg", *args], input=input, capture_output=True, text=True, check=True
-    ).stdout.strip()
-
-
 @dataclass(slots=True)
 class Keys:
+    """A key pair in ``wg``'s base64 form (made with tunplug's default crypto backend)."""
+
     private: str
     public: str
 
     @classmethod
     def generate(cls) -> Keys:
-        private = _wg("genkey")
-        return cls(private, _wg("pubkey", input=private))
+        from tunplug_crypto_cryptography.backend import CryptographyBackend
+
+        crypto = CryptographyBackend()
+        private = crypto.generate_private_key()
+        return cls(format_key(private), format_key(crypto.public_key(private)))
 
 
 @dataclass(slots=True)
@@ -271,7 +271,7 @@ class Topology:
         persistent_keepalive: int | None = None,
     ) -> None:
         """Start both endpoints; the ``initiator`` knows the other's endpoint, the other not."""
-        psk = _wg("genpsk") if preshared_key else None
+        psk = format_key(secrets.token_bytes(32)) if preshared_key else None
         for me, other in ((self.b, self.a), (self.a, self.b)):  # responder first
             endpoint = (
                 f"{UNDERLAY[other.side][0]}:{other.listen_port}" if me.side == initiator else None
