@@ -1,13 +1,21 @@
-"""``tunplug demo --in-process``: a WireGuard client and gateway in one process, pinging.
+"""``tunplug demo``: a WireGuard client and gateway, and traffic crossing between them.
 
-Who calls it: ``tunplug demo`` (and the README's first command, until the namespace demo is
-the default). The gateway side answers ICMP echo requests the way a kernel would, so the
-pings cross the tunnel twice: encrypted by the client, decrypted and answered at the gateway,
-encrypted back.
+Who calls it: ``tunplug demo`` (the README's first command).
+
+- As root on Linux (the default there): a **live demo** in two fresh network namespaces joined
+  by veth. The gateway and the client are real ``tunplug-headless-client`` processes with real
+  TUN devices; the kernel's ``ping`` and ``iperf3`` run through the tunnel; everything is
+  removed at the end.
+- ``--in-process`` (the default without root): both ends in this process on fake devices over
+  an in-memory network; the gateway side answers ICMP echo requests the way a kernel would.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import sys
 import time
 
 import anyio
@@ -73,3 +81,60 @@ def run_in_process_demo(app: App, *, count: int = 5) -> int:
     """Run the in-process demo; exit status 0 when every ping was answered."""
     app.configure()
     return anyio.run(_demo, app, count)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def live_demo_unavailable_reason() -> str | None:
+    """Why the namespace demo cannot run here, or ``None``."""
+    if not sys.platform.startswith("linux"):
+        return "the live demo needs Linux"
+    if os.geteuid() != 0:
+        return "the live demo needs root (network namespaces and TUN devices)"
+    if shutil.which("ip") is None:
+        return "the live demo needs iproute2's 'ip' command"
+    return None
+
+
+def run_live_demo(*, count: int = 5, seconds: float = 3.0) -> int:
+    """Gateway and client in two namespaces; ping both address families, then iperf3."""
+    from tunplug.testing.interop import topology
+
+    # SIGTERM unwinds like Ctrl-C, so the namespaces are removed either way.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def step(message: str) -> None:
+        print(f"==> {message}", flush=True)
+
+    step("creating two network namespaces joined by a veth pair (10.201.0.1 <-> 10.201.0.2)")
+    with topology("tunplug", "tunplug") as topo:
+        client, gateway = topo.a, topo.b
+        step(
+            f"starting the gateway in {gateway.ns.name}: tunplug-headless-client on "
+            f"{gateway.ifname}, tunnel address {gateway.tunnel_v4}, UDP port 51820"
+        )
+        step(
+            f"starting the client in {client.ns.name}: tunplug-headless-client on "
+            f"{client.ifname}, tunnel address {client.tunnel_v4}, peer 10.201.0.2:51820"
+        )
+        topo.connect(initiator="a")
+        failures = 0
+        for address in (gateway.tunnel_v4, gateway.tunnel_v6):
+            step(f"ping {address} from the client, through the tunnel")
+            result = topo.ping("a", address, count=count)
+            print(result.stdout.rstrip())
+            failures += result.returncode != 0
+        if shutil.which("iperf3"):
+            for reverse in (False, True):
+                direction = "gateway -> client" if reverse else "client -> gateway"
+                step(f"iperf3 for {seconds:.0f} s, {direction}")
+                report = topo.iperf3(client="a", seconds=seconds, reverse=reverse)
+                mbps = report["end"]["sum_received"]["bits_per_second"] / 1e6
+                print(f"    {mbps:.0f} Mbit/s through the tunnel")
+        else:
+            step("iperf3 is not installed: skipping the throughput part (scripts/dev setup)")
+        step("stopping the client and the gateway (SIGTERM)")
+    step("namespaces, devices and processes removed")
+    return 1 if failures else 0

@@ -1,7 +1,7 @@
 """What every tunplug command shares: error reporting, exit codes and logging setup.
 
-Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (also argparse's own),
-130 interrupted.
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (also argparse's own;
+also an interface name that is taken), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,7 +10,13 @@ import logging
 import sys
 from collections.abc import Callable
 
-from tunplug.exceptions import BackendUnavailable, ConfigError, PluginError, TunplugError
+from tunplug.exceptions import (
+    BackendUnavailable,
+    BusyResource,
+    ConfigError,
+    PluginError,
+    TunplugError,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -39,7 +45,7 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     """Run ``command``, turning tunplug's errors into one line on stderr and an exit code."""
     try:
         return command()
-    except (ConfigError, BackendUnavailable, PluginError) as exc:
+    except (ConfigError, BackendUnavailable, PluginError, BusyResource) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except TunplugError as exc:

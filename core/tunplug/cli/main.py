@@ -63,13 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run a client and a gateway and show traffic crossing the tunnel",
-        description="Start a WireGuard client and gateway and send pings through the tunnel. "
-        "--in-process runs both in this process on in-memory devices (no root needed).",
+        description="Start a WireGuard gateway and client and send traffic through the tunnel. "
+        "As root on Linux: a live demo in two fresh network namespaces (real TUN devices, the "
+        "kernel's ping and iperf3), all removed afterwards. Otherwise, or with --in-process: "
+        "both ends in this process on in-memory devices.",
     )
     demo.add_argument(
         "--in-process",
         action="store_true",
-        help="fake TUN devices and an in-memory network in this process (the default for now)",
+        help="fake TUN devices and an in-memory network in this process (no root needed; "
+        "the default when the live demo cannot run)",
     )
     demo.add_argument("--count", type=int, default=5, help="pings to send (default 5)")
     return parser
@@ -94,9 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_key(App(settings).crypto().public_key(private)))
             return EXIT_OK
         if args.command == "demo":
-            from tunplug.demo import run_in_process_demo
+            from tunplug import demo
 
-            return run_in_process_demo(App(settings), count=args.count)
+            reason = demo.live_demo_unavailable_reason()
+            if args.in_process or reason:
+                if reason and not args.in_process:
+                    print(f"({reason}: running the in-process demo instead)")
+                return demo.run_in_process_demo(App(settings), count=args.count)
+            return demo.run_live_demo(count=args.count)
         raise AssertionError(args.command)
 
     return run_command(PROG, command)
