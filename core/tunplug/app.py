@@ -7,6 +7,8 @@ nothing is loaded at import time, so two apps (or two tests) never share plugin 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
+from typing import TypeVar
 
 from tunplug.config import TunplugSettings, env_name
 from tunplug.crypto import CryptoBackend
@@ -41,17 +43,7 @@ class App:
         name = name or self.settings.tun_backend
         if name == "auto":
             name = PLATFORM_TUN_BACKENDS.get(sys.platform, "")
-        backends = self.plugins.tun_backends()
-        backend = backends.get(name)
-        if backend is None:
-            known = ", ".join(sorted(backends)) or "none"
-            raise ConfigError(
-                env_name("tun_backend"), f"unknown TUN backend {name!r} (installed: {known})"
-            )
-        reason = backend.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"TUN backend {name!r} cannot run here: {reason}")
-        return backend
+        return _choose("TUN backend", self.plugins.tun_backends(), name, "tun_backend")
 
     async def open_tun(self, options: TunOptions, backend: str | None = None) -> Tun:
         """Create a device with the chosen backend."""
@@ -60,25 +52,26 @@ class App:
     def crypto(self, name: str | None = None) -> CryptoBackend:
         """An instance of the crypto backend ``name`` (default: the setting)."""
         name = name or self.settings.crypto_backend
-        backends = self.plugins.crypto_backends()
-        backend = backends.get(name)
-        if backend is None:
-            known = ", ".join(sorted(backends)) or "none"
-            raise ConfigError(
-                env_name("crypto_backend"), f"unknown crypto backend {name!r} (installed: {known})"
-            )
-        reason = backend.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(f"crypto backend {name!r} cannot run here: {reason}")
-        return backend()
+        return _choose("crypto backend", self.plugins.crypto_backends(), name, "crypto_backend")()
 
     def dns_manager(self, name: str) -> DnsManager:
-        managers = self.plugins.dns_managers()
-        manager = managers.get(name)
-        if manager is None:
-            known = ", ".join(sorted(managers)) or "none"
-            raise ConfigError("TUNPLUG_DNS_CONTROL", f"unknown DNS manager {name!r} ({known})")
-        return manager()
+        """An instance of the DNS manager ``name`` (``--dns-control``)."""
+        return _choose("DNS manager", self.plugins.dns_managers(), name, "dns_control")()
 
     def pipeline(self, tunnel: TunnelInfo) -> Pipeline:
         return self.plugins.pipeline(self.settings, tunnel)
+
+
+B = TypeVar("B", type[Tun], type[CryptoBackend], type[DnsManager])
+
+
+def _choose(kind: str, registry: Mapping[str, B], name: str, setting: str) -> B:
+    """The class registered as ``name``, or one line saying what is installed or wrong."""
+    backend = registry.get(name)
+    if backend is None:
+        known = ", ".join(sorted(registry)) or "none"
+        raise ConfigError(env_name(setting), f"unknown {kind} {name!r} (installed: {known})")
+    reason = backend.unavailable_reason()
+    if reason:
+        raise BackendUnavailable(f"{kind} {name!r} cannot run here: {reason}")
+    return backend

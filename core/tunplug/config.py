@@ -66,7 +66,7 @@ class TunplugSettings(BaseSettings):
         return frozenset(name.strip() for name in self.disable_plugins.split(",") if name.strip())
 
 
-_ENV_NAMES = {"log_level": "TUNPLUG_LOG"}
+_ENV_NAMES = {"log_level": "TUNPLUG_LOG", "dns_control": "TUNPLUG_DNS_CONTROL"}
 
 
 def env_name(field: str) -> str:

@@ -8,6 +8,8 @@ crypto plugins (``cryptography`` by default, ``sodium`` on PyNaCl), registered t
 
 from __future__ import annotations
 
+import hashlib
+import hmac as _hmac
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import ClassVar
@@ -78,18 +80,19 @@ class CryptoBackend(ABC):
     def dh(self, private_key: bytes, public_key: bytes) -> bytes:
         """X25519 shared secret. :raises DecryptionFailed: the result is all zeros."""
 
-    # BLAKE2s
-    @abstractmethod
+    # BLAKE2s: hashlib has it everywhere (libsodium has only BLAKE2b), so these are shared;
+    # a backend overrides them only if it has something faster.
     def hash(self, data: bytes) -> bytes:
         """BLAKE2s-256 of ``data``."""
+        return hashlib.blake2s(data).digest()
 
-    @abstractmethod
     def hmac(self, key: bytes, data: bytes) -> bytes:
         """HMAC-BLAKE2s-256 (the Noise HKDF building block)."""
+        return _hmac.digest(key, data, "blake2s")
 
-    @abstractmethod
     def mac(self, key: bytes, data: bytes) -> bytes:
         """Keyed BLAKE2s with a 16-byte digest (WireGuard's mac1/mac2/cookie MAC)."""
+        return hashlib.blake2s(data, key=key, digest_size=16).digest()
 
     # AEADs
     @abstractmethod

@@ -76,6 +76,7 @@ class Endpoint(ABC):
     ifname: str = field(default_factory=lambda: "wg" + secrets.token_hex(3))
     listen_port: int = LISTEN_PORT
     peer: PeerSpec | None = None
+    process: subprocess.Popen[bytes] | None = None
 
     kind: Kind = "tunplug"
 
@@ -91,9 +92,23 @@ class Endpoint(ABC):
     def start(self, peer: PeerSpec) -> None:
         """Start the endpoint and return once its interface is up and configured."""
 
-    @abstractmethod
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        """Stop the endpoint (``sig``, then SIGKILL after ``timeout``); return its exit code."""
+        """Signal the endpoint's process and wait; return its exit code (None: not running).
+
+        :raises RuntimeError: it ignored ``sig`` for ``timeout`` seconds (it is then killed).
+        """
+        if self.process is None:
+            return None
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                raise RuntimeError(f"{self.kind} ignored signal {sig} for {timeout} s") from None
+        return process.returncode
 
     def restart(self) -> None:
         """Stop, then start afresh with the same keys and peer (a new process)."""
@@ -113,7 +128,6 @@ class TunplugEndpoint(Endpoint):
     kind: Kind = "tunplug"
     env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen[bytes] | None = None
     started: int = 0
 
     @property
@@ -170,28 +184,12 @@ class TunplugEndpoint(Endpoint):
         except FileNotFoundError:
             return ""
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        """Signal the process and wait; returns its exit code (None if it was not running)."""
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-                raise RuntimeError(f"tunplug ignored signal {sig} for {timeout} s") from None
-        return process.returncode
-
 
 @dataclass(eq=False)
 class WireguardGoEndpoint(Endpoint):
     """Debian's ``wireguard-go`` in the foreground, configured with ``wg set``."""
 
     kind: Kind = "wireguard-go"
-    process: subprocess.Popen[bytes] | None = None
 
     def start(self, peer: PeerSpec) -> None:
         self.peer = peer
@@ -228,19 +226,6 @@ class WireguardGoEndpoint(Endpoint):
         self.ns.run("ip", "addr", "add", f"{self.tunnel_v4}/24", "dev", self.ifname)
         self.ns.run("ip", "addr", "add", f"{self.tunnel_v6}/64", "dev", self.ifname, "nodad")
         self.ns.run("ip", "link", "set", self.ifname, "mtu", "1420", "up")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.process is None:
-            return None
-        process, self.process = self.process, None
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
 
     def peer_endpoint(self) -> str | None:
         out = self.ns.run("wg", "show", self.ifname, "endpoints").stdout.split()

@@ -14,8 +14,6 @@ single integer conversion.
 
 from __future__ import annotations
 
-import hashlib
-import hmac as _hmac
 import os
 import struct
 from collections.abc import Sequence
@@ -124,15 +122,6 @@ class CryptographyBackend(CryptoBackend):
         if shared == _ZERO32:
             raise DecryptionFailed("X25519 result is all zeros")
         return shared
-
-    def hash(self, data: bytes) -> bytes:
-        return hashlib.blake2s(data).digest()
-
-    def hmac(self, key: bytes, data: bytes) -> bytes:
-        return _hmac.digest(key, data, "blake2s")
-
-    def mac(self, key: bytes, data: bytes) -> bytes:
-        return hashlib.blake2s(data, key=key, digest_size=16).digest()
 
     def aead(self, key: bytes) -> Aead:
         return CryptographyAead(key)

@@ -12,8 +12,6 @@ PyNaCl accepts only ``bytes``, so memoryviews are copied before each call.
 
 from __future__ import annotations
 
-import hashlib
-import hmac as _hmac
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -144,15 +142,6 @@ class SodiumBackend(CryptoBackend):
         if shared == _ZERO32:
             raise DecryptionFailed("X25519 result is all zeros")
         return shared
-
-    def hash(self, data: bytes) -> bytes:
-        return hashlib.blake2s(data).digest()
-
-    def hmac(self, key: bytes, data: bytes) -> bytes:
-        return _hmac.digest(key, data, "blake2s")
-
-    def mac(self, key: bytes, data: bytes) -> bytes:
-        return hashlib.blake2s(data, key=key, digest_size=16).digest()
 
     def aead(self, key: bytes) -> Aead:
         return SodiumAead(key)
