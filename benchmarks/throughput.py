@@ -246,7 +246,7 @@ def machine_busy_seconds() -> float:
 
 def _pid(topo: Topology, side: int) -> int:
     endpoint = topo.a if side == 0 else topo.b
-    process = getattr(endpoint, "process", None)
+    process = endpoint.process
     if process is None or process.poll() is not None:
         raise RuntimeError(f"the {endpoint.kind} process on side {'ab'[side]} is not running")
     return int(process.pid)
@@ -318,7 +318,7 @@ def run_benchmark(
     results = {config: Result(config) for config in configs(setups)}
     facts: dict[str, str] = {}
     namespaces: list[str] = []
-    total, done = len(results) * runs, 0
+    total, done, disturbed = len(results) * runs, 0, 0
     for run in range(1, runs + 1):
         for setup in setups:
             started = 0
@@ -339,6 +339,10 @@ def run_benchmark(
                         started += 1
                         config = Config(setup, test)
                         log(f"[{done:>3}/{total}] run {run}/{runs}  {config.label:<52}", end="")
+                        foreign = set(_netns_names()) - set(namespaces)
+                        if foreign:  # someone else's namespace test competes for the CPUs
+                            disturbed += 1
+                            log(f" (other namespaces exist: {', '.join(sorted(foreign))})", end="")
                         sample = measure(topo, test, seconds, idle)
                         results[config].samples.append(sample)
                         facts.setdefault("tcp_congestion", _congestion(topo))
@@ -352,6 +356,7 @@ def run_benchmark(
     leftover = set(namespaces) & set(_netns_names())
     if leftover:
         log(f"WARNING: namespaces left behind: {', '.join(sorted(leftover))}")
+    facts["disturbed"] = f"{disturbed} of {total} tests ran while other namespaces existed"
     return list(results.values()), facts
 
 
@@ -744,6 +749,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + stop.signum
     elapsed = time.monotonic() - started
     machine["TCP congestion control"] = facts.get("tcp_congestion", "unknown")
+    machine["Other namespace tests"] = facts["disturbed"]
     machine["Runs"] = (
         f"{options.runs} x {options.seconds:g} s per configuration, interleaved; "
         f"wall time {elapsed / 60:.1f} min"
