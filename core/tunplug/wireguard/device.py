@@ -263,7 +263,8 @@ class WireGuardDevice:
         timers = peer.timers
         timers.any_authenticated_packet_traversal(now)
         timers.any_authenticated_packet_sent()
-        if any(packets):
+        # The timer is armed once per quiet period: draw the jitter (a syscall) only then.
+        if timers.new_handshake == INF and any(packets):
             timers.data_sent(now, self._jitter())
         # keep_key_fresh_sending
         if keypair.send_counter > timing.rekey_after_messages or (
