@@ -135,7 +135,27 @@ async def run_interface(
                 raise
             finally:
                 app.plugins.notify_tunnel_down(info, error)
+                _log_summary(device, engine)
                 log.info("interface %s going down", tun.name)
+
+
+def _log_summary(device: WireGuardDevice, engine: TunnelEngine) -> None:
+    """One line per peer and one for drops, at shutdown: what an operator asks first."""
+    for peer in device.peer_stats():
+        log.info(
+            "peer %s: %d bytes received, %d bytes sent",
+            format_key(peer.public_key)[:8] + "...",
+            peer.rx_bytes,
+            peer.tx_bytes,
+        )
+    stats = engine.stats
+    drops = ", ".join(f"{reason} {count}" for reason, count in device.drops.most_common())
+    log.info(
+        "%d packets read from the device, %d written; dropped: %s",
+        stats.tun_packets_read,
+        stats.tun_packets_written,
+        drops or "none",
+    )
 
 
 #: How often the handshake log looks at the peers (not per packet: a timer).
