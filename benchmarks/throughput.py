@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LOCK_PATH = Path(tempfile.gettempdir()) / "tunplug-benchmark.lock"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
+#: How long a test waits for other namespaces (someone's tests) to go before running anyway.
+QUIET_WAIT_SECONDS = 30.0
 
 #: Pair names for ``--only``, in table order; the first is the anchor.
 PAIRS: dict[str, tuple[Kind, Kind]] = {
@@ -158,6 +160,7 @@ class Sample:
     idle_rss: tuple[int, int]  # VmRSS right after the tunnel came up, bytes
     iperf_cpu_percent: tuple[float, float]  # iperf3 client, server (iperf3's own report)
     machine_busy: float  # fraction of all CPUs busy during the iperf3 call (start-up included)
+    disturbed: bool = False  # other namespaces (someone else's tests) existed around the test
 
     def cpu_seconds_per_gb(self, side: int) -> float:
         return self.cpu_seconds[side] / (self.bytes / 1e9) if self.bytes else float("nan")
@@ -339,14 +342,13 @@ def run_benchmark(
                         started += 1
                         config = Config(setup, test)
                         log(f"[{done:>3}/{total}] run {run}/{runs}  {config.label:<52}", end="")
-                        foreign = set(_netns_names()) - set(namespaces)
-                        if foreign:  # someone else's namespace test competes for the CPUs
-                            disturbed += 1
-                            log(f" (other namespaces exist: {', '.join(sorted(foreign))})", end="")
+                        quiet = wait_for_quiet(set(namespaces), log)
                         sample = measure(topo, test, seconds, idle)
+                        sample.disturbed = not quiet or bool(_foreign_namespaces(set(namespaces)))
+                        disturbed += sample.disturbed
                         results[config].samples.append(sample)
                         facts.setdefault("tcp_congestion", _congestion(topo))
-                        log(f" {format_sample(sample)}")
+                        log(f" {format_sample(sample)}{' (disturbed)' if sample.disturbed else ''}")
             except (RuntimeError, OSError, subprocess.SubprocessError) as error:
                 left = [t for t in setup.tests if len(results[Config(setup, t)].samples) < run]
                 for test in left:
@@ -358,6 +360,24 @@ def run_benchmark(
         log(f"WARNING: namespaces left behind: {', '.join(sorted(leftover))}")
     facts["disturbed"] = f"{disturbed} of {total} tests ran while other namespaces existed"
     return list(results.values()), facts
+
+
+def _foreign_namespaces(ours: set[str]) -> set[str]:
+    return set(_netns_names()) - ours
+
+
+def wait_for_quiet(
+    ours: set[str], log: Callable[..., None], timeout: float = QUIET_WAIT_SECONDS
+) -> bool:
+    """Wait while other namespaces exist (someone's tests, competing for the CPUs); True: none."""
+    deadline = time.monotonic() + timeout
+    foreign = _foreign_namespaces(ours)
+    if foreign:
+        log(f" waiting for other namespaces ({', '.join(sorted(foreign))})...", end="")
+    while foreign and time.monotonic() < deadline:
+        time.sleep(0.5)
+        foreign = _foreign_namespaces(ours)
+    return not foreign
 
 
 def _congestion(topo: Topology) -> str:
@@ -497,9 +517,10 @@ def result_rows(results: Sequence[Result]) -> list[list[str]]:
             vs = "1.00x (anchor)" if result.samples else "-"
         else:
             vs = _num(value, ".2f", "x")
-        runs = str(len(result.samples))
-        if result.failures:
-            runs += f" ({result.failures} failed)"
+        notes = [f"{result.failures} failed"] if result.failures else []
+        if disturbed := sum(sample.disturbed for sample in result.samples):
+            notes.append(f"{disturbed} disturbed")
+        runs = str(len(result.samples)) + (f" ({', '.join(notes)})" if notes else "")
         rows.append(
             [
                 PAIR_LABELS[setup.pair],
@@ -587,6 +608,10 @@ NOTES = """\
 - **Peak RSS** is `VmHWM` of each endpoint process read right after the test (its peak since
   start), the highest over the runs. **Idle RSS** is `VmRSS` right after the tunnel came up and the
   handshake completed (one ping), before any iperf3 traffic, median over the runs.
+- **Runs** counts the runs that gave a result. *failed*: the tunnel or iperf3 failed in that
+  many runs. *disturbed*: in that many runs other network namespaces (someone else's tests)
+  existed before or after the test, so it probably shared the CPUs with them; before each test
+  the benchmark waits up to 30 s for such namespaces to go.
 - **Queues** is `--tun-threads` (TUN queues, one reader and one writer thread each) of every
   tunplug endpoint; wireguard-go has its own fixed design (`-`).
 - **Offloads** is `TUNPLUG_OFFLOADS=true|false`. **Offloads are not implemented yet**: the Linux

@@ -137,13 +137,15 @@ def test_targets_are_not_applicable_when_filtered_out():
 def test_tables_render_as_text_and_markdown():
     results = fake_results()
     results[-1].failures = 1
+    results[-1].samples[0].disturbed = True
     rows = bench.result_rows(results)
     assert len(rows) == len(results)
     assert all(len(row) == len(bench.RESULT_HEADER) for row in rows)
     assert rows[0][:8] == ["wg-go<->wg-go", "-", "-", "1 stream a->b", "500", "400-600",
                            "1.00x (anchor)", "0"]  # fmt: skip
     assert rows[3][4:7] == ["1000", "1000-1000", "2.00x"]
-    assert rows[-1][-1] == "3 (1 failed)"
+    assert rows[-1][-1] == "3 (1 failed, 1 disturbed)"
+    assert rows[-2][-1] == "3"
     text = bench.render_text(results)
     assert "PASS  tunplug<->tunplug 1 stream a->b" in text
     assert "Where the CPU went" in text
