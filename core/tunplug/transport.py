@@ -8,15 +8,31 @@ contract for tests and the in-process demo.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from types import TracebackType
 from typing import Self
 
 import anyio
 
 from tunplug.exceptions import ClosedResource, map_os_errors
+from tunplug.udp_offload import (
+    GRO_BUFFER_BYTES,
+    GSO_REFUSED_ERRNOS,
+    UdpStats,
+    enable_gro,
+    gro_control_space,
+    gro_segment_size,
+    gso_runs,
+    probe_gso,
+    segment_control,
+    split_segments,
+)
+
+log = logging.getLogger(__name__)
 
 #: A peer's UDP address: (IP address as text, port).
 Endpoint = tuple[str, int]
@@ -83,16 +99,44 @@ class UdpTransport(DatagramTransport):
     Bound to ``[::]:port`` with IPv6-only off, so it serves IPv4 and IPv6 peers, unless ``host``
     is an IPv4 address. Socket buffers are raised to :data:`SOCKET_BUFFER_BYTES` (forced when
     privileged).
+
+    With ``offloads`` (the default) and a kernel that supports them (Linux), it uses UDP
+    segmentation and receive offload (:mod:`tunplug.udp_offload`):
+
+    - :meth:`send_many` sends each run of consecutive datagrams to one endpoint that have one
+      length (the last may be shorter), up to 64 datagrams and 65507 bytes, with one
+      ``sendmsg``. If the kernel refuses (EIO, EINVAL, ENOPROTOOPT, EOPNOTSUPP), GSO is turned
+      off for this socket, logged once, and the run is sent datagram by datagram.
+    - :meth:`recv_many` reads with ``UDP_GRO`` on: one read may return up to 64 datagrams of
+      one sender coalesced; they are split again and returned one by one, in order. It never
+      returns more than ``max_datagrams``: the rest of a coalesced read is kept and returned
+      first by the next call, without waiting.
+
+    :meth:`stats` counts both.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, offloads: bool = True) -> None:
         self._sock = sock
         self._closed = False
         host, port = normalize_endpoint(sock.getsockname())
         self._local: Endpoint = (host, port)
+        self._gso = offloads and probe_gso(sock)
+        self._gro = offloads and enable_gro(sock)
+        self._stats = UdpStats(gso_enabled=self._gso, gro_enabled=self._gro)
+        #: Datagrams of a coalesced read beyond what the caller asked for.
+        self._pending: list[Datagram] = []
+        self._control_space = gro_control_space() if self._gro else 0
 
     @classmethod
-    def bind(cls, port: int = 0, host: str | None = None, *, fwmark: int | None = None) -> Self:
+    def bind(
+        cls,
+        port: int = 0,
+        host: str | None = None,
+        *,
+        fwmark: int | None = None,
+        offloads: bool = True,
+    ) -> Self:
+        """Open and bind the socket; ``offloads=False`` keeps one system call per datagram."""
         family = socket.AF_INET if host and ":" not in host else socket.AF_INET6
         with map_os_errors(f"bind UDP port {port}"):
             sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -107,11 +151,15 @@ class UdpTransport(DatagramTransport):
             except BaseException:
                 sock.close()
                 raise
-        return cls(sock)
+        return cls(sock, offloads=offloads)
 
     @property
     def local_endpoint(self) -> Endpoint:
         return self._local
+
+    def stats(self) -> UdpStats:
+        """A snapshot of this transport's counters (and whether GSO and GRO are on)."""
+        return replace(self._stats)
 
     def _target(self, endpoint: Endpoint) -> tuple[str, int]:
         host, port = endpoint
@@ -119,29 +167,98 @@ class UdpTransport(DatagramTransport):
             return "::ffff:" + host, port
         return host, port
 
-    async def recv_many(self, max_datagrams: int = 100) -> list[Datagram]:
-        sock = self._sock
-        out: list[Datagram] = []
-        while True:
-            if self._closed:
-                raise ClosedResource("UDP transport is closed")
-            while len(out) < max_datagrams:
-                try:
-                    data, address = sock.recvfrom(_MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                        continue  # ICMP errors from an earlier send; the peer may come back
-                    with map_os_errors("receive from the UDP socket"):
-                        raise
-                out.append((data, normalize_endpoint(address)))
-            if out:
-                return out
-            await anyio.wait_readable(sock)
+    async def _wait(self, until_ready: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """Wait for the socket; closing it meanwhile (:meth:`aclose`) ends the wait."""
+        try:
+            await until_ready(self._sock)
+        except anyio.ClosedResourceError:
+            raise ClosedResource("UDP transport is closed") from None
+        if self._closed:
+            raise ClosedResource("UDP transport is closed")
 
-    async def send_many(self, datagrams: Sequence[Datagram]) -> None:
+    # -- receiving --------------------------------------------------------------------------
+    async def recv_many(self, max_datagrams: int = 100) -> list[Datagram]:
+        if self._closed:
+            raise ClosedResource("UDP transport is closed")
+        max_datagrams = max(1, max_datagrams)
+        if self._pending:
+            out = self._pending
+            self._pending = out[max_datagrams:]
+            del out[max_datagrams:]
+            return out
+        out = []
+        read = self._read_coalesced if self._gro else self._read_plain
+        while True:
+            read(out, max_datagrams)
+            if out:
+                if len(out) > max_datagrams:
+                    self._pending = out[max_datagrams:]
+                    del out[max_datagrams:]
+                return out
+            await self._wait(anyio.wait_readable)
+
+    def _read_plain(self, out: list[Datagram], max_datagrams: int) -> None:
         sock = self._sock
+        stats = self._stats
+        before = len(out)
+        while len(out) < max_datagrams:
+            try:
+                data, address = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE:
+                    continue  # ICMP errors from an earlier send; the peer may come back
+                with map_os_errors("receive from the UDP socket"):
+                    raise
+            out.append((data, normalize_endpoint(address)))
+        stats.recv_calls += len(out) - before
+        stats.datagrams_received += len(out) - before
+
+    def _read_coalesced(self, out: list[Datagram], max_datagrams: int) -> None:
+        sock = self._sock
+        stats = self._stats
+        space = self._control_space
+        while len(out) < max_datagrams:
+            try:
+                data, ancdata, flags, address = sock.recvmsg(GRO_BUFFER_BYTES, space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE:
+                    continue
+                with map_os_errors("receive from the UDP socket"):
+                    raise
+            stats.recv_calls += 1
+            if flags & _MSG_TRUNC:
+                stats.truncated += 1  # cannot happen with a 64 KiB buffer; never pass a part on
+                continue
+            endpoint = normalize_endpoint(address)
+            segment = gro_segment_size(ancdata) if ancdata else 0
+            if 0 < segment < len(data):
+                before = len(out)
+                out.extend([(part, endpoint) for part in split_segments(data, segment)])
+                stats.gro_reads += 1
+                stats.gro_segments += len(out) - before
+                stats.datagrams_received += len(out) - before
+            else:
+                out.append((data, endpoint))
+                stats.datagrams_received += 1
+
+    # -- sending ----------------------------------------------------------------------------
+    async def send_many(self, datagrams: Sequence[Datagram]) -> None:
+        if not self._gso or len(datagrams) < 2:
+            await self._send_plain(datagrams)
+            return
+        for start, stop in gso_runs(datagrams):
+            if stop - start == 1 or not self._gso:
+                await self._send_plain(datagrams[start:stop])
+            else:
+                await self._send_run(datagrams[start:stop])
+
+    async def _send_plain(self, datagrams: Sequence[Datagram]) -> None:
+        sock = self._sock
+        stats = self._stats
         for data, endpoint in datagrams:
             target = self._target(endpoint)
             while True:
@@ -151,18 +268,65 @@ class UdpTransport(DatagramTransport):
                     sock.sendto(data, target)
                     break
                 except (BlockingIOError, InterruptedError):
-                    await anyio.wait_writable(sock)
+                    await self._wait(anyio.wait_writable)
                 except OSError as exc:
-                    if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
+                    if exc.errno in _UNREACHABLE:
                         break  # the peer is unreachable now; WireGuard's timers retry
                     with map_os_errors(f"send to {endpoint[0]}:{endpoint[1]}"):
                         raise
+        stats.send_calls += len(datagrams)
+        stats.datagrams_sent += len(datagrams)
+
+    async def _send_run(self, run: Sequence[Datagram]) -> None:
+        """One GSO ``sendmsg`` for datagrams that :func:`gso_runs` grouped."""
+        sock = self._sock
+        endpoint = run[0][1]
+        target = self._target(endpoint)
+        buffers = [data for data, _ in run]
+        control = segment_control(len(buffers[0]))
+        while True:
+            if self._closed:
+                raise ClosedResource("UDP transport is closed")
+            try:
+                sock.sendmsg(buffers, control, 0, target)
+                break
+            except (BlockingIOError, InterruptedError):
+                await self._wait(anyio.wait_writable)
+            except OSError as exc:
+                if exc.errno in _UNREACHABLE:
+                    break
+                if exc.errno in GSO_REFUSED_ERRNOS:
+                    self._refuse_gso(exc)
+                    await self._send_plain(run)
+                    return
+                with map_os_errors(f"send to {endpoint[0]}:{endpoint[1]}"):
+                    raise
+        stats = self._stats
+        stats.send_calls += 1
+        stats.gso_sends += 1
+        stats.gso_segments += len(run)
+        stats.datagrams_sent += len(run)
+
+    def _refuse_gso(self, exc: OSError) -> None:
+        self._gso = False
+        self._stats.gso_enabled = False
+        self._stats.gso_fallbacks += 1
+        log.warning(
+            "UDP segmentation offload refused by the kernel (%s); sending datagrams one by one "
+            "on %s:%d from now on",
+            errno.errorcode.get(exc.errno or 0, exc.errno),
+            *self._local,
+        )
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
             anyio.notify_closing(self._sock)
             self._sock.close()
+
+
+_UNREACHABLE = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
+_MSG_TRUNC = getattr(socket, "MSG_TRUNC", 0x20)
 
 
 def _raise_buffers(sock: socket.socket) -> None:
