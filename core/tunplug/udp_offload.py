@@ -113,14 +113,17 @@ def gro_segment_size(ancdata: Sequence[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def split_segments(data: bytes | bytearray | memoryview, segment_size: int) -> list[bytes]:
+def split_segments(data: bytes, segment_size: int) -> list[bytes]:
     """Cut a coalesced payload into its datagrams (every one ``segment_size`` bytes but the
-    last, which may be shorter), as independent ``bytes``."""
+    last, which may be shorter).
+
+    Slicing ``bytes`` copies each segment once; measured faster than reading into a reused
+    buffer and copying out of it, and the parts stay valid however long the caller keeps them.
+    """
     size = len(data)
     if segment_size <= 0 or segment_size >= size:
-        return [bytes(data)]
-    view = memoryview(data)
-    return [bytes(view[start : start + segment_size]) for start in range(0, size, segment_size)]
+        return [data]
+    return [data[start : start + segment_size] for start in range(0, size, segment_size)]
 
 
 def gso_runs(
