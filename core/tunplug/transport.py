@@ -261,6 +261,7 @@ class UdpTransport(DatagramTransport):
     async def _send_plain(self, datagrams: Sequence[Datagram]) -> None:
         sock = self._sock
         stats = self._stats
+        skipped = 0
         for data, endpoint in datagrams:
             target = self._target(endpoint)
             while True:
@@ -273,11 +274,12 @@ class UdpTransport(DatagramTransport):
                     await self._wait(anyio.wait_writable)
                 except OSError as exc:
                     if exc.errno in _UNREACHABLE:
+                        skipped += 1
                         break  # the peer is unreachable now; WireGuard's timers retry
                     with map_os_errors(f"send to {endpoint[0]}:{endpoint[1]}"):
                         raise
-        stats.send_calls += len(datagrams)
-        stats.datagrams_sent += len(datagrams)
+        stats.send_calls += len(datagrams) - skipped
+        stats.datagrams_sent += len(datagrams) - skipped
 
     async def _send_run(self, run: Sequence[Datagram]) -> None:
         """One GSO ``sendmsg`` for datagrams that :func:`gso_runs` grouped."""
@@ -297,7 +299,7 @@ class UdpTransport(DatagramTransport):
                 await self._wait(anyio.wait_writable)
             except OSError as exc:
                 if exc.errno in _UNREACHABLE:
-                    break
+                    return  # as in _send_plain: the timers retry
                 if exc.errno in GSO_REFUSED_ERRNOS:
                     self._refuse_gso(exc)
                     await self._send_plain(run)
