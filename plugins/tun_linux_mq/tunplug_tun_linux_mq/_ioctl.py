@@ -24,9 +24,9 @@ def _ioc(direction: int, kind: str, number: int, size: int) -> int:
 # ioctl requests on a /dev/net/tun file descriptor.
 TUNSETIFF = _ioc(_IOC_WRITE, "T", 202, _INT_SIZE)  # 0x400454ca
 TUNSETPERSIST = _ioc(_IOC_WRITE, "T", 203, _INT_SIZE)  # 0x400454cb
-TUNSETOFFLOAD = _ioc(_IOC_WRITE, "T", 208, _INT_SIZE)  # 0x400454d0 (offloads, not used yet)
+TUNSETOFFLOAD = _ioc(_IOC_WRITE, "T", 208, _INT_SIZE)  # 0x400454d0
 TUNGETIFF = _ioc(_IOC_READ, "T", 210, _INT_SIZE)  # 0x800454d2
-TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, "T", 216, _INT_SIZE)  # 0x400454d8 (offloads, not used yet)
+TUNSETVNETHDRSZ = _ioc(_IOC_WRITE, "T", 216, _INT_SIZE)  # 0x400454d8
 TUNSETQUEUE = _ioc(_IOC_WRITE, "T", 217, _INT_SIZE)  # 0x400454d9
 
 # ifr_flags for TUNSETIFF.
@@ -41,7 +41,7 @@ IFF_VNET_HDR = 0x4000
 #: Refuse (EBUSY) when a device of that name exists, instead of attaching to it.
 IFF_TUN_EXCL = 0x8000
 
-# TUNSETOFFLOAD bits, for the offload work to come.
+# TUNSETOFFLOAD bits.
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
