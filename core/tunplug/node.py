@@ -96,7 +96,9 @@ async def run_interface(
     async with await app.open_tun(options) as tun:
         routes = [network for peer in config.peers for network in peer.allowed_ips]
         await tun.add_routes(routes)
-        async with UdpTransport.bind(config.listen_port or 0) as transport:
+        async with UdpTransport.bind(
+            config.listen_port or 0, offloads=settings.offloads
+        ) as transport:
             info = TunnelInfo(
                 interface=tun.name,
                 tun_backend=tun.backend_name,
