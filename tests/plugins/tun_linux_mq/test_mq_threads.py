@@ -35,6 +35,7 @@ async def socket_device(
     batch_size: int = 8,
     small_buffers: bool = False,
     preload: list[list[bytes]] | None = None,
+    vnet_hdr: bool = False,
 ) -> AsyncIterator[tuple[LinuxMultiQueueTun, list[socket.socket]]]:
     """A device over socket pairs; ``preload[i]`` is waiting in queue ``i`` before it starts."""
     peers: list[socket.socket] = []
@@ -51,7 +52,7 @@ async def socket_device(
         peers.append(theirs)
         fds.append(ours.detach())
     options = TunOptions(batch_size=batch_size, queues=queues)
-    tun = LinuxMultiQueueTun(fds, name="sp0", options=options)
+    tun = LinuxMultiQueueTun(fds, name="sp0", options=options, vnet_hdr=vnet_hdr)
     try:
         yield tun, peers
     finally:
@@ -278,3 +279,44 @@ def test_the_device_needs_a_running_asyncio_loop():
 def test_the_device_needs_a_descriptor():
     with pytest.raises(ValueError, match="descriptor"):
         LinuxMultiQueueTun([], name="sp0", options=TunOptions())
+
+
+# -- with vnet headers (offloads), the socket peer playing the kernel --------------------------
+
+
+async def test_with_vnet_headers_super_packets_are_read_as_ordinary_segments():
+    from .test_mq_offload import GSO_TCPV4, kernel_super_packet, l4_valid, tcp
+
+    big = tcp(bytes(range(250)) * 20, flags=0x18)  # 5000 bytes of payload, ACK | PSH
+    ping = P.icmp_echo("10.0.0.1", "10.0.0.2", 1, 1)
+    frames = [kernel_super_packet(big, GSO_TCPV4, 1200), bytes(10) + ping, b"\x01" * 4]
+    async with socket_device(batch_size=8, vnet_hdr=True, preload=[frames]) as (tun, _):
+        assert tun.offloads
+        got: list[bytes] = []
+        while len(got) < 6:
+            got.extend(await tun.recv_many())
+        await until(lambda: tun.stats()["drops"] == {"rx_short_read": 1})
+        stats = tun.stats()
+    assert [len(p) for p in got] == [1240] * 4 + [240, len(ping)]
+    assert all(l4_valid(p) for p in got[:5])
+    assert got[5] == ping
+    assert (stats["rx_super_packets"], stats["rx_segments"], stats["rx_packets"]) == (1, 5, 6)
+
+
+async def test_with_vnet_headers_a_batch_is_written_coalesced():
+    from .test_mq_offload import stream
+
+    segments = stream(6)
+    ping = P.icmp_echo("10.0.0.1", "10.0.0.2", 1, 1)
+    async with socket_device(batch_size=8, vnet_hdr=True) as (tun, (peer,)):
+        await tun.send_ready()
+        tun.send([segments[0], ping, *segments[1:]])
+        frames = await receive(peer, 2)
+        await until(lambda: tun.stats()["tx_packets"] == 7)
+        stats = tun.stats()
+    super_frame, ping_frame = frames
+    assert super_frame[1] == 1  # GSO_TCPV4
+    assert len(super_frame) == 10 + 40 + 6 * 1000
+    assert ping_frame == bytes(10) + ping
+    assert (stats["tx_super_packets"], stats["tx_coalesced_packets"]) == (1, 6)
+    assert stats["tx_bytes"] == sum(map(len, segments)) + len(ping)

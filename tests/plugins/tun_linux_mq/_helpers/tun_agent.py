@@ -8,20 +8,25 @@ run it in the host namespace: it creates devices, addresses and routes.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
+import logging
 import socket
+import struct
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import anyio
 
+from tunplug.checksum import internet_checksum, ones_complement_sum
 from tunplug.exceptions import ClosedResource, TunError
 from tunplug.testing import packets as P
 from tunplug.tun import TunOptions
-from tunplug_tun_linux_mq import LinuxMultiQueueTun, netlink
+from tunplug_tun_linux_mq import LinuxMultiQueueTun, _open, netlink
 
 OWN4, PEER4 = "10.9.0.1", "10.9.0.2"
 OWN6, PEER6 = "fd09::1", "fd09::2"
@@ -45,12 +50,34 @@ def link_exists(name: str) -> bool:
     return True
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+#: Log lines of the backend at INFO and above, reported by scenarios that care.
+LOG = _Records()
+logging.getLogger("tunplug_tun_linux_mq").addHandler(LOG)
+logging.getLogger("tunplug_tun_linux_mq").setLevel(logging.INFO)
+
+
 def options(args: dict[str, Any], **extra: Any) -> TunOptions:
+    if args.get("refuse_offloads"):
+        # Play a kernel without offloads: TUNSETOFFLOAD answers EINVAL.
+        def refuse(fd: int, bits: int) -> None:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+        _open._set_offload = refuse
     return TunOptions(
         name=args.get("name", "tp0"),
         queues=args.get("queues", 1),
         mtu=args.get("mtu", 1420),
         addresses=ADDRESSES if args.get("addresses", True) else (),
+        offloads=args.get("offloads", False),
         **extra,
     )
 
@@ -142,6 +169,8 @@ async def read(args: dict[str, Any]) -> None:
             batches=batches,
             largest_batch=largest,
             packets_per_second=round((len(udp4) + len(udp6)) / elapsed),
+            offloads=tun.offloads,
+            log=LOG.messages,
             stats=tun.stats(),
         )
 
@@ -197,6 +226,8 @@ async def write(args: dict[str, Any]) -> None:
         all_in_order=all(v == list(range(per_flow)) for v in seen.values()),
         echo_replies=sorted(replies),
         queues_used=sum(1 for q in stats["queues"] if q["tx_packets"]),
+        offloads=tun.offloads,
+        log=LOG.messages,
         stats=stats,
     )
 
@@ -261,7 +292,253 @@ async def routes(args: dict[str, Any]) -> None:
     )
 
 
-SCENARIOS = {f.__name__: f for f in (hold, create_error, twice, read, write, deleted, routes)}
+# -- TCP and UDP GSO through the device (offloads) --------------------------------------------
+
+SYN, PSH, ACK = 0x02, 0x08, 0x10
+UDP_SEGMENT = 103  # linux/udp.h, at level SOL_UDP (17)
+
+
+def tcp_packet(
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    seq: int,
+    ack: int,
+    flags: int,
+    payload: bytes = b"",
+    *,
+    mss: int | None = None,
+    ident: int = 0,
+) -> bytes:
+    """A TCP segment with valid checksums (IPv4 with DF, or IPv6), window 65535."""
+    options = struct.pack("!BBH", 2, 4, mss) if mss else b""
+    header = (
+        struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (20 + len(options)) // 4 << 4,
+            flags,
+            65535,
+            0,
+            0,
+        )
+        + options
+    )
+    segment = header + payload
+    source, dest = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    pseudo = ones_complement_sum(source.packed + dest.packed, 6 + len(segment))
+    checksum = internet_checksum(segment, pseudo)
+    segment = segment[:16] + struct.pack("!H", checksum) + segment[18:]
+    if source.version == 6:
+        return (
+            struct.pack("!IHBB", 6 << 28, len(segment), 6, 64) + source.packed + dest.packed
+        ) + segment
+    ip = bytearray(
+        struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(segment), ident, 0x4000, 64, 6, 0)
+        + source.packed
+        + dest.packed
+    )
+    struct.pack_into("!H", ip, 10, internet_checksum(ip))
+    return bytes(ip) + segment
+
+
+def tcp_fields(packet: bytes) -> tuple[str, str, int, int, int, int, int, bytes]:
+    """src, dst, sport, dport, seq, ack, flags and payload of a TCP packet (else all empty)."""
+    parsed = P.parse(packet)
+    if parsed.protocol != 6:
+        return "", "", 0, 0, 0, 0, 0, b""
+    sport, dport, seq, ack, offset, flags = struct.unpack_from("!HHIIBB", parsed.payload)
+    payload = parsed.payload[(offset >> 4) * 4 :]
+    return parsed.src, parsed.dst, sport, dport, seq, ack, flags, payload
+
+
+def family_of(args: dict[str, Any]) -> tuple[socket.AddressFamily, str, str]:
+    if args.get("family", 4) == 6:
+        return socket.AF_INET6, OWN6, PEER6
+    return socket.AF_INET, OWN4, PEER4
+
+
+def rx_packets(name: str) -> int:
+    return int(Path(f"/sys/class/net/{name}/statistics/rx_packets").read_text())
+
+
+async def tcp_read(args: dict[str, Any]) -> None:
+    """A socket here sends to a peer routed into the device; we play that peer (SYN-ACK, ACKs).
+
+    With offloads the kernel hands the stream over as TSO super-packets; recv_many must give
+    ordinary segments. Reports every data segment (hex) for the test to check.
+    """
+    family, own, peer = family_of(args)
+    size = args.get("bytes", 60000)
+    data = bytes(i % 251 for i in range(size))
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        mss = tun.mtu - (40 if family == socket.AF_INET else 60)
+        done = threading.Event()
+
+        def client() -> None:
+            with socket.create_connection((peer, 9100), timeout=20) as s:
+                s.sendall(data)
+                done.wait(20)
+
+        sender = threading.Thread(target=client)
+        sender.start()
+        segments: list[str] = []
+        received: dict[int, bytes] = {}
+        start = next_seq = None
+        largest = 0
+        try:
+            with anyio.move_on_after(20):
+                while next_seq is None or start is None or next_seq - start < size:
+                    replies, latest_ack = [], None
+                    for packet in await tun.recv_many():
+                        raw = bytes(packet)
+                        largest = max(largest, len(raw))
+                        _src, dst, sport, dport, seq, _ack, flags, payload = tcp_fields(raw)
+                        if dst != peer or dport != 9100:
+                            continue
+                        if flags & SYN:
+                            start = next_seq = seq + 1
+                            replies.append(
+                                tcp_packet(
+                                    peer, own, 9100, sport, 7000, seq + 1, SYN | ACK, mss=mss
+                                )
+                            )
+                        elif payload and next_seq is not None:
+                            segments.append(raw.hex())
+                            received[seq] = payload
+                            while next_seq in received:
+                                next_seq += len(received.pop(next_seq))
+                            latest_ack = tcp_packet(peer, own, 9100, sport, 7001, next_seq, ACK)
+                    if latest_ack is not None:
+                        replies.append(latest_ack)
+                    if replies:
+                        await tun.send_ready()
+                        tun.send(replies)
+        finally:
+            done.set()
+            await anyio.to_thread.run_sync(sender.join)
+        emit(
+            offloads=tun.offloads,
+            complete=next_seq is not None and start is not None and next_seq - start == size,
+            segments=segments,
+            largest=largest,
+            mss=mss,
+            log=LOG.messages,
+            stats=tun.stats(),
+        )
+
+
+async def tcp_write(args: dict[str, Any]) -> None:
+    """We play a peer that connects to a listening socket here and sends a burst of segments.
+
+    The burst goes to ``send`` as one batch; with offloads the writer coalesces it into one
+    super-packet, which the kernel must accept and deliver to the socket intact.
+    """
+    family, own, peer = family_of(args)
+    count = args.get("segments", 30)
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        mss = tun.mtu - (40 if family == socket.AF_INET else 60)
+        data = bytes((i * 7) % 253 for i in range(count * mss))
+        with socket.socket(family, socket.SOCK_STREAM) as listener:
+            listener.bind((own, 9200))
+            listener.listen(1)
+            listener.settimeout(20)
+            got = bytearray()
+
+            def serve() -> None:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.settimeout(20)
+                    while len(got) < len(data):
+                        chunk = conn.recv(1 << 16)
+                        if not chunk:
+                            break
+                        got.extend(chunk)
+
+            receiver = threading.Thread(target=serve)
+            receiver.start()
+            isn, port = 1000, 40000
+            await tun.send_ready()
+            tun.send([tcp_packet(peer, own, port, 9200, isn, 0, SYN, mss=mss)])
+            server_isn = window = None
+            with anyio.fail_after(10):
+                while server_isn is None:
+                    for packet in await tun.recv_many():
+                        src, _dst, sport, _dport, seq, ack, flags, _ = tcp_fields(bytes(packet))
+                        if src == own and sport == 9200 and flags & SYN and ack == isn + 1:
+                            server_isn = seq
+                            parsed = P.parse(bytes(packet))
+                            window = struct.unpack_from("!H", parsed.payload, 14)[0]
+            assert window is not None and window >= len(data), window
+            ack = server_isn + 1
+            await tun.send_ready()
+            tun.send([tcp_packet(peer, own, port, 9200, isn + 1, ack, ACK)])
+            burst = [
+                tcp_packet(
+                    peer,
+                    own,
+                    port,
+                    9200,
+                    isn + 1 + i * mss,
+                    ack,
+                    ACK | (PSH if i == count - 1 else 0),
+                    data[i * mss : (i + 1) * mss],
+                    ident=100 + i,
+                )
+                for i in range(count)
+            ]
+            before = rx_packets(tun.name)
+            await tun.send_ready()
+            tun.send(burst)
+            await anyio.to_thread.run_sync(receiver.join)
+            after = rx_packets(tun.name)
+    emit(
+        offloads=tun.offloads,
+        delivered=bytes(got) == data,
+        received=len(got),
+        device_rx_packets=after - before,
+        stats=tun.stats(),
+    )
+
+
+async def uso_read(args: dict[str, Any]) -> None:
+    """UDP_SEGMENT sends to a peer routed into the device; report the datagrams (hex)."""
+    family, _own, peer = family_of(args)
+    sends, segments, size = args.get("sends", 3), args.get("segments", 8), args.get("size", 1000)
+    async with await LinuxMultiQueueTun.create(options(args)) as tun:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.setsockopt(17, UDP_SEGMENT, size)
+            for i in range(sends):
+                s.sendto(bytes([i]) * (size * segments), (peer, 9300))
+        datagrams: list[str] = []
+        with anyio.move_on_after(10):
+            while len(datagrams) < sends * segments:
+                for packet in await tun.recv_many():
+                    parsed = P.parse(bytes(packet))
+                    if parsed.protocol == P.UDP and parsed.dst == peer:
+                        datagrams.append(bytes(packet).hex())
+        emit(offloads=tun.offloads, datagrams=datagrams, stats=tun.stats())
+
+
+SCENARIOS = {
+    f.__name__: f
+    for f in (
+        hold,
+        create_error,
+        twice,
+        read,
+        write,
+        deleted,
+        routes,
+        tcp_read,
+        tcp_write,
+        uso_read,
+    )
+}
 
 if __name__ == "__main__":
     scenario, arguments = sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
