@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import datetime
 import fcntl
+import hashlib
 import os
 import platform
 import shutil
@@ -38,9 +39,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tunplug.testing.interop import Kind, Topology, topology
+import tunplug
+from tunplug.testing.interop import Endpoint, Kind, Topology, topology
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The source tree of the tunplug that is measured (the one ``import tunplug`` finds).
+CODE_ROOT = Path(tunplug.__file__).resolve().parents[2]
 LOCK_PATH = Path(tempfile.gettempdir()) / "tunplug-benchmark.lock"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
@@ -161,6 +164,7 @@ class Sample:
     iperf_cpu_percent: tuple[float, float]  # iperf3 client, server (iperf3's own report)
     machine_busy: float  # fraction of all CPUs busy during the iperf3 call (start-up included)
     disturbed: bool = False  # other namespaces (someone else's tests) existed around the test
+    tso: tuple[bool | None, bool | None] = (None, None)  # TCP segmentation offload on the devices
 
     def cpu_seconds_per_gb(self, side: int) -> float:
         return self.cpu_seconds[side] / (self.bytes / 1e9) if self.bytes else float("nan")
@@ -239,6 +243,37 @@ def proc_memory(pid: int, key: str) -> int:
     raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
+# Reads the device's TCP segmentation offload flag (ETHTOOL_GTSO through SIOCETHTOOL): on for a
+# TUN device only when its owner turned offloads on (TUNSETOFFLOAD), so it shows from outside
+# whether an endpoint's offload setting took effect.
+TSO_PROBE = """\
+import ctypes, fcntl, socket, struct, sys
+value = ctypes.create_string_buffer(struct.pack("II", 0x1E, 0))
+request = struct.pack("16sP", sys.argv[1].encode(), ctypes.addressof(value)).ljust(40, b"\\0")
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    fcntl.ioctl(sock, 0x8946, request)
+print(struct.unpack("II", value.raw[:8])[1])
+"""
+
+
+def device_tso(endpoint: Endpoint) -> bool | None:
+    """Whether the endpoint's tunnel device has TCP segmentation offload on (None: unknown)."""
+    result = endpoint.ns.run(sys.executable, "-c", TSO_PROBE, endpoint.ifname, check=False)
+    word = result.stdout.strip()
+    return word != "0" if result.returncode == 0 and word.isdigit() else None
+
+
+def code_fingerprint(root: Path = CODE_ROOT) -> str:
+    """Changes whenever a Python file of the measured tree changes (edits during a run)."""
+    entries = []
+    for folder in ("core", "plugins"):
+        for path in sorted((root / folder).rglob("*.py")):
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                entries.append(f"{path}:{stat.st_mtime_ns}:{stat.st_size}")
+    return hashlib.sha256("\n".join(entries).encode()).hexdigest()
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent on anything but idle and iowait, summed over all CPUs."""
     with open("/proc/stat") as stat:
@@ -255,7 +290,13 @@ def _pid(topo: Topology, side: int) -> int:
     return int(process.pid)
 
 
-def measure(topo: Topology, test: Test, seconds: float, idle_rss: tuple[int, int]) -> Sample:
+def measure(
+    topo: Topology,
+    test: Test,
+    seconds: float,
+    idle_rss: tuple[int, int],
+    tso: tuple[bool | None, bool | None] = (None, None),
+) -> Sample:
     pids = (_pid(topo, 0), _pid(topo, 1))
     cpu_before = [proc_cpu_seconds(pid) for pid in pids]
     busy_before, wall_before = machine_busy_seconds(), time.monotonic()
@@ -275,6 +316,7 @@ def measure(topo: Topology, test: Test, seconds: float, idle_rss: tuple[int, int
         cpu_seconds=(cpu[0], cpu[1]),
         peak_rss=(proc_memory(pids[0], "VmHWM"), proc_memory(pids[1], "VmHWM")),
         idle_rss=idle_rss,
+        tso=tso,
         iperf_cpu_percent=(
             float(iperf_cpu.get("host_total", 0.0)),
             float(iperf_cpu.get("remote_total", 0.0)),
@@ -337,13 +379,14 @@ def run_benchmark(
                         proc_memory(_pid(topo, 0), "VmRSS"),
                         proc_memory(_pid(topo, 1), "VmRSS"),
                     )
+                    tso = (device_tso(topo.a), device_tso(topo.b))
                     for test in setup.tests:
                         done += 1
                         started += 1
                         config = Config(setup, test)
                         log(f"[{done:>3}/{total}] run {run}/{runs}  {config.label:<52}", end="")
                         quiet = wait_for_quiet(set(namespaces), log)
-                        sample = measure(topo, test, seconds, idle)
+                        sample = measure(topo, test, seconds, idle, tso)
                         sample.disturbed = not quiet or bool(_foreign_namespaces(set(namespaces)))
                         disturbed += sample.disturbed
                         results[config].samples.append(sample)
@@ -413,9 +456,18 @@ def machine_facts() -> dict[str, str]:
         "Python": platform.python_version(),
         "wireguard-go": _first_line(["wireguard-go", "--version"]),
         "iperf3": _first_line(["iperf3", "--version"]),
-        "tunplug commit": _first_line(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+        "tunplug commit": _code_version(),
         "Date (UTC)": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def _code_version() -> str:
+    git = ["git", "-C", str(CODE_ROOT)]
+    commit = _first_line([*git, "rev-parse", "--short", "HEAD"])
+    if commit == "unknown" or commit.startswith("fatal"):
+        return f"unknown ({CODE_ROOT})"
+    changed = _first_line([*git, "status", "--porcelain", "--", "core", "plugins"])
+    return commit + (" with uncommitted changes in core/ or plugins/" if changed else "")
 
 
 def _first_line(cmd: list[str]) -> str:
@@ -490,7 +542,7 @@ def evaluate_targets(results: Sequence[Result]) -> list[Target]:
 
 
 RESULT_HEADER = [
-    "Pair", "Queues", "Offloads", "Test", "Mbit/s", "Range", "vs wg-go", "Retr",
+    "Pair", "Queues", "Offloads", "TSO a/b", "Test", "Mbit/s", "Range", "vs wg-go", "Retr",
     "CPU s/GB a", "CPU s/GB b", "Peak RSS MB a/b", "Idle RSS MB a/b", "Runs",
 ]  # fmt: skip
 CPU_HEADER = [
@@ -526,6 +578,7 @@ def result_rows(results: Sequence[Result]) -> list[list[str]]:
                 PAIR_LABELS[setup.pair],
                 "-" if setup.queues is None else str(setup.queues),
                 "-" if setup.offloads is None else ("on" if setup.offloads else "off"),
+                _tso_cell(result),
                 test.name,
                 _num(result.mbps),
                 f"{min(mbps):.0f}-{max(mbps):.0f}" if mbps else "-",
@@ -539,6 +592,42 @@ def result_rows(results: Sequence[Result]) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _tso_cell(result: Result) -> str:
+    def word(side: int) -> str:
+        seen = {sample.tso[side] for sample in result.samples}
+        if seen == {True}:
+            return "on"
+        if seen == {False}:
+            return "off"
+        return "mixed" if len(seen - {None}) > 1 else "?"
+
+    return f"{word(0)}/{word(1)}" if result.samples else "-"
+
+
+def offload_note(results: Sequence[Result]) -> str:
+    """What the offload setting did in this run, from the devices' TSO flags."""
+    asked = [
+        sample.tso[side]
+        for result in results
+        if result.config.setup.offloads
+        for sample in result.samples
+        for side in (0, 1)
+        if result.config.setup.kinds[side] == "tunplug"
+    ]
+    if asked and all(tso is False for tso in asked):
+        return (
+            "**Offloads are not implemented yet** in the measured code: with "
+            "`TUNPLUG_OFFLOADS=true` the tunnel devices still had TSO off, so the *on* and *off* "
+            "rows run the same code and any difference between them is noise."
+        )
+    if asked and all(tso is True for tso in asked):
+        return (
+            "With `TUNPLUG_OFFLOADS=true` every tunplug device had TSO on, so the offloads took "
+            "effect; the *off* rows measure the plain path."
+        )
+    return "Whether offloads took effect varied or is unknown: see the *TSO a/b* column."
 
 
 def cpu_rows(results: Sequence[Result]) -> list[list[str]]:
@@ -614,10 +703,11 @@ NOTES = """\
   the benchmark waits up to 30 s for such namespaces to go.
 - **Queues** is `--tun-threads` (TUN queues, one reader and one writer thread each) of every
   tunplug endpoint; wireguard-go has its own fixed design (`-`).
-- **Offloads** is `TUNPLUG_OFFLOADS=true|false`. **Offloads are not implemented yet**: the Linux
-  backend accepts the setting and runs without offloads either way, so the on and off rows run the
-  same code and any difference between them is noise. The anchor, Debian's wireguard-go
-  0.0.20220316, predates wireguard-go's own TUN offloads (2023), so it runs without them too.
+- **Offloads** is `TUNPLUG_OFFLOADS=true|false` for every tunplug endpoint. **TSO a/b** is
+  whether each tunnel device had TCP segmentation offload on, read from the device (ethtool's
+  `ETHTOOL_GTSO`), i.e. whether the TUN offloads really took effect; UDP GSO/GRO on the sockets is
+  not visible from outside. {offloads} The anchor, Debian's wireguard-go 0.0.20220316, predates
+  wireguard-go's own TUN offloads (2023) and runs without them (TSO off).
 - **One machine.** Both endpoints, iperf3's client and server and the kernel's veth and TUN work
   share the CPUs listed above, so every configuration is CPU-bound: the figures measure work per
   byte, not a link. *Where the CPU went* shows who used it (percent of one CPU; an endpoint with
@@ -662,7 +752,7 @@ Median percent of one CPU during the test; *Machine busy* is of all CPUs togethe
 
 ## How to read it
 
-{NOTES}
+{NOTES.format(offloads=offload_note(results))}
 ## Matrix
 
 Each line is one pair of namespaces, set up afresh in every run, and the iperf3 tests run
@@ -763,6 +853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with exclusive_lock():
             machine = machine_facts()
+            code_before = code_fingerprint()
             results, facts = run_benchmark(
                 setups, options.runs, options.seconds, partial(print, flush=True)
             )
@@ -773,6 +864,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n{stop}: namespaces and processes removed", file=sys.stderr)
         return 128 + stop.signum
     elapsed = time.monotonic() - started
+    if code_fingerprint() != code_before:
+        machine["tunplug commit"] += (
+            " - WARNING: the code changed during the run, the figures mix versions"
+        )
+        print(f"WARNING: Python files under {CODE_ROOT} changed during the run", file=sys.stderr)
     machine["TCP congestion control"] = facts.get("tcp_congestion", "unknown")
     machine["Other namespace tests"] = facts["disturbed"]
     machine["Runs"] = (

@@ -28,7 +28,7 @@ bench = _load()
 MB = 1024 * 1024
 
 
-def sample(mbps, *, retransmits=0, cpu=(1.0, 2.0), idle_mb=(40.0, 41.0), seconds=5.0):
+def sample(mbps, *, retransmits=0, cpu=(1.0, 2.0), idle_mb=(40.0, 41.0), seconds=5.0, tso=None):
     return bench.Sample(
         bits_per_second=mbps * 1e6,
         retransmits=retransmits,
@@ -39,10 +39,11 @@ def sample(mbps, *, retransmits=0, cpu=(1.0, 2.0), idle_mb=(40.0, 41.0), seconds
         idle_rss=(int(idle_mb[0] * MB), int(idle_mb[1] * MB)),
         iperf_cpu_percent=(3.0, 7.0),
         machine_busy=0.9,
+        tso=(tso, tso),
     )
 
 
-def fake_results(tunplug_single=(1000, 1000), q2_retransmits=0, idle_mb=(40.0, 41.0)):
+def fake_results(tunplug_single=(1000, 1000), q2_retransmits=0, idle_mb=(40.0, 41.0), tso=False):
     """Anchor at 500 Mbit/s everywhere; tunplug figures chosen per test."""
     results = []
     for config in bench.configs(bench.build_matrix()):
@@ -58,7 +59,10 @@ def fake_results(tunplug_single=(1000, 1000), q2_retransmits=0, idle_mb=(40.0, 4
             values, retransmits = [700, 710, 690], q2_retransmits
         else:
             values = [500, 550, 450]
-        samples = [sample(v, retransmits=retransmits, idle_mb=idle_mb) for v in values]
+        device_tso = bool(tso and setup.offloads)
+        samples = [
+            sample(v, retransmits=retransmits, idle_mb=idle_mb, tso=device_tso) for v in values
+        ]
         results.append(bench.Result(config, samples))
     return results
 
@@ -141,9 +145,9 @@ def test_tables_render_as_text_and_markdown():
     rows = bench.result_rows(results)
     assert len(rows) == len(results)
     assert all(len(row) == len(bench.RESULT_HEADER) for row in rows)
-    assert rows[0][:8] == ["wg-go<->wg-go", "-", "-", "1 stream a->b", "500", "400-600",
-                           "1.00x (anchor)", "0"]  # fmt: skip
-    assert rows[3][4:7] == ["1000", "1000-1000", "2.00x"]
+    assert rows[0][:9] == ["wg-go<->wg-go", "-", "-", "off/off", "1 stream a->b", "500",
+                           "400-600", "1.00x (anchor)", "0"]  # fmt: skip
+    assert rows[3][5:8] == ["1000", "1000-1000", "2.00x"]
     assert rows[-1][-1] == "3 (1 failed, 1 disturbed)"
     assert rows[-2][-1] == "3"
     text = bench.render_text(results)
@@ -154,15 +158,17 @@ def test_tables_render_as_text_and_markdown():
     assert md.startswith("# Throughput benchmark")
     assert "`sudo x --quick`" in md
     assert "| CPUs (nproc) | 2 |" in md
-    assert "| tunplug<->tunplug | 1 | on | 1 stream a->b | 1000 | 1000-1000 | 2.00x |" in md
-    assert "not implemented yet" in md
+    assert (
+        "| tunplug<->tunplug | 1 | on | off/off | 1 stream a->b | 1000 | 1000-1000 | 2.00x |" in md
+    )
+    assert "not implemented yet" in md  # offloads asked for, yet every device had TSO off
     assert "- PASS  tunplug idle RSS <= 45 MB" in md
 
 
 def test_empty_results_render_dashes():
     results = [bench.Result(config) for config in bench.configs(bench.build_matrix())]
     rows = bench.result_rows(results)
-    assert rows[0][4:7] == ["-", "-", "-"]
+    assert rows[0][3] == "-" and rows[0][5:8] == ["-", "-", "-"]
     assert bench.render_text(results)
 
 
@@ -202,3 +208,25 @@ def test_proc_stat_parsing_survives_odd_process_names(tmp_path, monkeypatch):
     (tmp_path / "stat").write_text(stat)
     monkeypatch.setattr(bench, "Path", fake_path)
     assert bench.proc_cpu_seconds(1234) == pytest.approx((14 + 15) / bench.CLK_TCK)
+
+
+def test_the_offload_note_follows_what_the_devices_did():
+    assert "took effect" in bench.offload_note(fake_results(tso=True))
+    assert "not implemented yet" in bench.offload_note(fake_results(tso=False))
+    mixed = fake_results(tso=True)
+    mixed[3].samples[0].tso = (False, True)
+    assert "varied" in bench.offload_note(mixed)
+    assert bench.result_rows(mixed)[3][3] == "mixed/on"
+    on = bench.result_rows(fake_results(tso=True))
+    assert [row[3] for row in on[3:5]] == ["on/on", "on/on"]
+    assert on[6][2:4] == ["off", "off/off"]  # tunplug<->tunplug, offloads off
+
+
+def test_code_fingerprint_changes_when_a_file_changes(tmp_path):
+    (tmp_path / "core").mkdir()
+    module = tmp_path / "core" / "m.py"
+    module.write_text("x = 1\n")
+    before = bench.code_fingerprint(tmp_path)
+    assert bench.code_fingerprint(tmp_path) == before
+    module.write_text("x = 22\n")
+    assert bench.code_fingerprint(tmp_path) != before
