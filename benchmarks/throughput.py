@@ -47,8 +47,10 @@ CODE_ROOT = Path(tunplug.__file__).resolve().parents[2]
 LOCK_PATH = Path(tempfile.gettempdir()) / "tunplug-benchmark.lock"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1024 * 1024
-#: How long a test waits for other namespaces (someone's tests) to go before running anyway.
+#: How long a test waits for other namespaces (someone's tests) to go before running anyway,
+#: and how long all tests of a benchmark wait together at most.
 QUIET_WAIT_SECONDS = 30.0
+QUIET_WAIT_TOTAL_SECONDS = 300.0
 
 #: Pair names for ``--only``, in table order; the first is the anchor.
 PAIRS: dict[str, tuple[Kind, Kind]] = {
@@ -363,7 +365,7 @@ def run_benchmark(
     results = {config: Result(config) for config in configs(setups)}
     facts: dict[str, str] = {}
     namespaces: list[str] = []
-    total, done, disturbed = len(results) * runs, 0, 0
+    total, done, disturbed, waited = len(results) * runs, 0, 0, 0.0
     for run in range(1, runs + 1):
         for setup in setups:
             started = 0
@@ -385,7 +387,10 @@ def run_benchmark(
                         started += 1
                         config = Config(setup, test)
                         log(f"[{done:>3}/{total}] run {run}/{runs}  {config.label:<52}", end="")
-                        quiet = wait_for_quiet(set(namespaces), log)
+                        budget = min(QUIET_WAIT_SECONDS, QUIET_WAIT_TOTAL_SECONDS - waited)
+                        waited -= time.monotonic()
+                        quiet = wait_for_quiet(set(namespaces), log, max(budget, 0.0))
+                        waited += time.monotonic()
                         sample = measure(topo, test, seconds, idle, tso)
                         sample.disturbed = not quiet or bool(_foreign_namespaces(set(namespaces)))
                         disturbed += sample.disturbed
@@ -401,7 +406,10 @@ def run_benchmark(
     leftover = set(namespaces) & set(_netns_names())
     if leftover:
         log(f"WARNING: namespaces left behind: {', '.join(sorted(leftover))}")
-    facts["disturbed"] = f"{disturbed} of {total} tests ran while other namespaces existed"
+    facts["disturbed"] = (
+        f"{disturbed} of {total} tests ran while other namespaces existed "
+        f"(waited {waited:.0f} s for them to go)"
+    )
     return list(results.values()), facts
 
 
@@ -700,7 +708,7 @@ NOTES = """\
 - **Runs** counts the runs that gave a result. *failed*: the tunnel or iperf3 failed in that
   many runs. *disturbed*: in that many runs other network namespaces (someone else's tests)
   existed before or after the test, so it probably shared the CPUs with them; before each test
-  the benchmark waits up to 30 s for such namespaces to go.
+  the benchmark waits up to 30 s for such namespaces to go (5 minutes in all).
 - **Queues** is `--tun-threads` (TUN queues, one reader and one writer thread each) of every
   tunplug endpoint; wireguard-go has its own fixed design (`-`).
 - **Offloads** is `TUNPLUG_OFFLOADS=true|false` for every tunplug endpoint. **TSO a/b** is
