@@ -33,13 +33,15 @@ How it works:
 
 Runs on anyio's asyncio backend (the engine's); trio is refused with :class:`BackendUnavailable`.
 
-- **Offloads** (``TunOptions(offloads=True)``). The queues are opened with ``IFF_VNET_HDR``
-  and the device is given ``TUNSETOFFLOAD`` ``CSUM | TSO4 | TSO6 | USO4 | USO6`` (without the
-  USO bits when the kernel refuses them). Every read and write then starts with a
-  ``virtio_net_hdr`` (:mod:`.offload`). The reader splits each TSO/USO super-packet (up to
-  64 KiB, one ``read()``) into ordinary packets and completes partial checksums before the
-  batch goes to the loop; the writer coalesces each chunk's runs of same-flow TCP segments
-  into super-packets (one ``writev()`` each) and writes everything else behind a zero header.
+- **Offloads** (``TunOptions(offloads=True)``). The queues are opened with ``IFF_VNET_HDR``,
+  so every read and write starts with a ``virtio_net_hdr`` (:mod:`.offload`). The writer
+  coalesces each chunk's runs of same-flow TCP segments into super-packets (one ``writev()``
+  each) and writes everything else behind a zero header. With :data:`._open.RX_OFFLOADS`
+  (off by default: in CPython the per-segment checksums cost more than the reads saved) the
+  device is also given ``TUNSETOFFLOAD`` ``CSUM | TSO4 | TSO6 | USO4 | USO6`` (without the
+  USO bits when the kernel refuses them), and the reader splits each TSO/USO super-packet
+  (up to 64 KiB, one ``read()``) into ordinary packets and completes partial checksums
+  before the batch goes to the loop.
   So :meth:`~LinuxMultiQueueTun.recv_many` and :meth:`~LinuxMultiQueueTun.send` keep carrying
   ordinary IP packets; the gain is fewer syscalls. When the kernel refuses the offloads
   (EINVAL) the device is reopened plain, once, and :attr:`offloads` says which is active.

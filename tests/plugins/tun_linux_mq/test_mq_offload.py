@@ -374,12 +374,16 @@ def test_psh_ends_a_run():
     assert unwrapped(writes) == [base[0], pushed, base[2]]
 
 
-def test_a_segment_with_a_bad_checksum_is_never_merged():
+def test_a_segment_with_a_bad_checksum_is_not_merged_when_checksums_are_verified():
     packets = stream(3)
     packets[1] = tcp(packets[1][40:], seq=2000, ident=101, bad_checksum=True)
-    writes = coalesce(packets)
+    writes = coalesce(packets, verify_checksums=True)
     assert [count for _, count, _ in writes] == [1, 1, 1]
     assert written(writes) == [bytes(10) + p for p in packets]
+    bad_ip = bytearray(stream(3)[1])
+    bad_ip[10] ^= 0xFF
+    assert [c for _, c, _ in coalesce([packets[0], bytes(bad_ip)], verify_checksums=True)] == [1, 1]
+    assert [c for _, c, _ in coalesce(packets)] == [3]  # unverified: merged
 
 
 def test_super_packets_stay_within_64_segments_and_64_kib():

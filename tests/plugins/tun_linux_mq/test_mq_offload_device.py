@@ -23,7 +23,9 @@ def test_a_tcp_stream_read_with_offloads_comes_as_super_packets_split_into_valid
     agent, family
 ):
     size = 60000
-    result = agent.run("tcp_read", name="tp0", offloads=True, family=family, bytes=size)
+    result = agent.run(
+        "tcp_read", name="tp0", offloads=True, rx_offloads=True, family=family, bytes=size
+    )
     assert result["offloads"] is True
     assert result["complete"], "the whole stream arrived"
     stats = result["stats"]
@@ -47,9 +49,10 @@ def test_a_tcp_stream_read_with_offloads_comes_as_super_packets_split_into_valid
     assert payload == bytes(i % 251 for i in range(size))
 
 
-def test_a_tcp_stream_read_without_offloads_has_no_super_packets(agent):
-    result = agent.run("tcp_read", name="tp0", offloads=False, bytes=20000)
-    assert result["offloads"] is False
+@pytest.mark.parametrize("offloads", [False, True])
+def test_without_rx_offloads_a_tcp_stream_is_read_as_plain_segments(agent, offloads):
+    result = agent.run("tcp_read", name="tp0", offloads=offloads, bytes=20000)
+    assert result["offloads"] is offloads  # vnet headers (write coalescing) but no TSO
     assert result["complete"]
     assert result["stats"]["rx_super_packets"] == 0
     assert all(l4_valid(bytes.fromhex(h)) for h in result["segments"])
@@ -78,7 +81,9 @@ def test_a_burst_of_tcp_segments_written_reaches_a_socket_coalesced_when_offload
 
 @pytest.mark.parametrize("family", [4, 6])
 def test_udp_segment_sends_are_split_into_valid_datagrams(agent, family):
-    result = agent.run("uso_read", name="tp0", offloads=True, family=family, sends=3, segments=8)
+    result = agent.run(
+        "uso_read", name="tp0", offloads=True, rx_offloads=True, family=family, sends=3, segments=8
+    )
     assert result["offloads"] is True
     datagrams = [bytes.fromhex(h) for h in result["datagrams"]]
     assert len(datagrams) == 24
@@ -91,8 +96,10 @@ def test_udp_segment_sends_are_split_into_valid_datagrams(agent, family):
     assert result["stats"]["rx_segments"] == 24
 
 
-def test_a_kernel_refusing_offloads_leaves_a_plain_working_device(agent):
+@pytest.mark.parametrize("rx_offloads", [False, True])
+def test_a_kernel_refusing_offloads_leaves_a_plain_working_device(agent, rx_offloads):
     args = {"name": "tp0", "queues": 2, "offloads": True, "refuse_offloads": True}
+    args["rx_offloads"] = rx_offloads
     written = agent.run("write", flows=4, per_flow=50, **args)
     assert written["offloads"] is False
     assert written["all_in_order"] and written["flows"] == 8

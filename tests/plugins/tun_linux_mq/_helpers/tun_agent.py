@@ -72,6 +72,8 @@ def options(args: dict[str, Any], **extra: Any) -> TunOptions:
             raise OSError(errno.EINVAL, "Invalid argument")
 
         _open._set_offload = refuse
+    if args.get("rx_offloads"):
+        _open.RX_OFFLOADS = True  # TSO/USO super-packets on read (off by default)
     return TunOptions(
         name=args.get("name", "tp0"),
         queues=args.get("queues", 1),
