@@ -25,12 +25,14 @@ import fcntl
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -474,7 +476,11 @@ def _code_version() -> str:
     commit = _first_line([*git, "rev-parse", "--short", "HEAD"])
     if commit == "unknown" or commit.startswith("fatal"):
         return f"unknown ({CODE_ROOT})"
-    changed = _first_line([*git, "status", "--porcelain", "--", "core", "plugins"])
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--", "core", "plugins"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    changed = status.returncode != 0 or bool(status.stdout.strip())
     return commit + (" with uncommitted changes in core/ or plugins/" if changed else "")
 
 
@@ -638,6 +644,10 @@ def offload_note(results: Sequence[Result]) -> str:
     return "Whether offloads took effect varied or is unknown: see the *TSO a/b* column."
 
 
+def _indented(text: str) -> str:
+    return textwrap.fill(text, width=98, initial_indent="  ", subsequent_indent="  ")
+
+
 def cpu_rows(results: Sequence[Result]) -> list[list[str]]:
     """Where the CPU went: medians, in percent of one CPU (machine busy: of all of them)."""
     rows = []
@@ -714,8 +724,9 @@ NOTES = """\
 - **Offloads** is `TUNPLUG_OFFLOADS=true|false` for every tunplug endpoint. **TSO a/b** is
   whether each tunnel device had TCP segmentation offload on, read from the device (ethtool's
   `ETHTOOL_GTSO`), i.e. whether the TUN offloads really took effect; UDP GSO/GRO on the sockets is
-  not visible from outside. {offloads} The anchor, Debian's wireguard-go 0.0.20220316, predates
+  not visible from outside. The anchor, Debian's wireguard-go 0.0.20220316, predates
   wireguard-go's own TUN offloads (2023) and runs without them (TSO off).
+{offloads}
 - **One machine.** Both endpoints, iperf3's client and server and the kernel's veth and TUN work
   share the CPUs listed above, so every configuration is CPU-bound: the figures measure work per
   byte, not a link. *Where the CPU went* shows who used it (percent of one CPU; an endpoint with
@@ -760,7 +771,7 @@ Median percent of one CPU during the test; *Machine busy* is of all CPUs togethe
 
 ## How to read it
 
-{NOTES.format(offloads=offload_note(results))}
+{NOTES.format(offloads=_indented(offload_note(results)))}
 ## Matrix
 
 Each line is one pair of namespaces, set up afresh in every run, and the iperf3 tests run
@@ -852,8 +863,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    command = "sudo .venv/bin/python benchmarks/throughput.py" + "".join(
-        f" {arg}" for arg in (sys.argv[1:] if argv is None else argv)
+    command = shlex.join(
+        [
+            "sudo",
+            ".venv/bin/python",
+            "benchmarks/throughput.py",
+            *(sys.argv[1:] if argv is None else argv),
+        ]
     )
     print(f"{len(configs(setups))} configurations x {options.runs} runs of "
           f"{options.seconds:g} s, interleaved: about {minutes:.0f} min", flush=True)  # fmt: skip
