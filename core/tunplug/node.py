@@ -115,10 +115,15 @@ async def run_interface(
                 format_key(app.crypto().public_key(config.private_key)),
                 tun.queues,
             )
+            udp = transport.stats()
             log.info(
-                "interface %s up: %d queue(s), UDP port %d, %d peer(s), public key %s",
+                "interface %s up: %d queue(s), TUN offloads %s, UDP GSO %s / GRO %s, "
+                "UDP port %d, %d peer(s), public key %s",
                 tun.name,
                 tun.queues,
+                "on" if tun.offloads else "off",
+                "on" if udp.gso_enabled else "off",
+                "on" if udp.gro_enabled else "off",
                 ready.listen_port,
                 len(config.peers),
                 ready.public_key,

@@ -38,9 +38,9 @@ class TunOptions:
     ``name`` is the interface name (``None`` lets the backend choose, e.g. ``tunplug0`` or
     ``utunN``). ``queues`` is the number of device queues and threads; backends without
     multi-queue support ignore values above 1 and report ``queues == 1``. ``batch_size`` bounds
-    :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for TSO/GRO
-    when the backend and kernel support them (silently off otherwise; the device says which in
-    :attr:`Tun.offloads`).
+    :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for
+    segmentation offloads when the backend and kernel support them (silently off otherwise; the
+    device says which in :attr:`Tun.offloads`).
     """
 
     name: str | None = None
@@ -91,7 +91,8 @@ class Tun(ABC):
     queues: int
     #: The largest batch :meth:`recv_many` returns and :meth:`send` accepts.
     batch_size: int
-    #: Whether segmentation offloads are on (packets may then exceed the MTU).
+    #: Whether segmentation offloads are on. They stay inside the backend: packets crossing
+    #: this contract are always ordinary IP packets of at most :attr:`mtu` bytes.
     offloads: bool = False
 
     @classmethod
