@@ -1,34 +1,42 @@
-"""Interface settings, addresses and routes of a TUN device, through rtnetlink (pyroute2).
+"""Interface settings, addresses and routes of a TUN device, through rtnetlink.
 
 Who calls it: :meth:`LinuxMultiQueueTun.create` (:func:`configure_interface`), and the engine
 at start-up and shutdown (:func:`add_routes` for the peers' AllowedIPs, :func:`remove_routes`
-with what :func:`add_routes` returned). The functions are synchronous and block for a few
-netlink round trips; async callers run them with ``anyio.to_thread.run_sync``.
+with what :func:`add_routes` returned). The functions are synchronous and block; async callers
+run them with ``anyio.to_thread.run_sync``.
 
-They act on the network namespace of the calling thread. pyroute2 is imported inside the
-functions, so the module imports on every OS. Failures raise :class:`TunError` with one line
-and the errno.
+The work is done with pyroute2 in a short-lived child process, one per call
+(:mod:`.netlink_child`): importing pyroute2 would cost this long-running process about 24 MB
+for good, for a few netlink round trips at start-up and shutdown. A call takes about 0.2 s,
+mostly the child's imports. The child inherits the network namespace of the calling thread and
+the privileges of the process, and finds the same packages (this ``sys.path``). This module
+imports neither pyroute2 nor the child, so it imports on every OS. Failures raise
+:class:`TunError` (the class the child raised) with one line and the errno.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network, ip_network
 from typing import Any
 
-from tunplug.exceptions import TunError
+from tunplug import exceptions
+from tunplug.exceptions import TunError, map_os_errors
 
 #: The kernel's main routing table (``RT_TABLE_MAIN``).
 MAIN_TABLE = 254
 #: Firezone's figure: a long transmit queue so that bursts from the tunnel are not dropped.
 DEFAULT_TXQUEUELEN = 10000
-
-_RTPROT_KERNEL = 2  # routes the kernel adds itself, e.g. the prefix of an address
-_IFA_F_NODAD = 0x02  # the device is point-to-point: no duplicate address detection
+#: How long a child may take; a few netlink round trips normally take milliseconds.
+CHILD_TIMEOUT_SECONDS = 30.0
+#: What runs the child (``python -m``).
+CHILD_MODULE = "tunplug_tun_linux_mq.netlink_child"
 
 Network = IPv4Network | IPv6Network
 Interface = IPv4Interface | IPv6Interface
@@ -48,6 +56,20 @@ class Route:
         metric = "" if self.metric is None else f" metric {self.metric}"
         return f"{self.network} dev {self.ifname}{table}{metric}"
 
+    def as_json(self) -> dict[str, Any]:
+        """The route as the netlink child sends and receives it."""
+        return {
+            "network": str(self.network),
+            "ifname": self.ifname,
+            "table": self.table,
+            "metric": self.metric,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Route:
+        """The inverse of :meth:`as_json`."""
+        return cls(ip_network(data["network"]), data["ifname"], data["table"], data["metric"])
+
 
 def configure_interface(
     name: str,
@@ -63,29 +85,13 @@ def configure_interface(
 
     :raises TunError: the interface does not exist, or the kernel refused a setting.
     """
-    with _iproute() as ipr:
-        index = _index(ipr, name)
-        settings: dict[str, Any] = {"txqlen": txqueuelen}
-        if mtu is not None:
-            settings["mtu"] = mtu
-        with _netlink_errors(f"set mtu {mtu} and txqueuelen {txqueuelen} on {name}"):
-            ipr.link("set", index=index, **settings)
-        for address in addresses:
-            flags = _IFA_F_NODAD if address.version == 6 else 0
-            try:
-                with _netlink_errors(f"add address {address} to {name}"):
-                    ipr.addr(
-                        "add",
-                        index=index,
-                        address=str(address.ip),
-                        prefixlen=address.network.prefixlen,
-                        flags=flags,
-                    )
-            except TunError as exc:
-                if exc.errno != errno.EEXIST:
-                    raise
-        with _netlink_errors(f"bring {name} up"):
-            ipr.link("set", index=index, state="up")
+    _call_child(
+        "configure_interface",
+        name=name,
+        addresses=[str(address) for address in addresses],
+        mtu=mtu,
+        txqueuelen=txqueuelen,
+    )
 
 
 def add_routes(
@@ -100,27 +106,17 @@ def add_routes(
     Returns the routes it added, for :func:`remove_routes`. Not added, and not returned:
     networks inside a prefix the kernel already routes to this interface (the connected
     prefix of one of its addresses, in the main table), and routes identical to one already
-    present. Duplicates in ``networks`` are added once.
+    present. Duplicates in ``networks`` are added once. No networks: nothing is done.
 
     :raises TunError: a route could not be added, e.g. the same prefix already goes through
         another interface; the routes added before the failure are removed again.
+    :raises ValueError: a string in ``networks`` is not a network.
     """
-    wanted = list(dict.fromkeys(ip_network(n, strict=False) for n in networks))
-    added: list[Route] = []
-    with _iproute() as ipr:
-        index = _index(ipr, name)
-        connected = _connected_prefixes(ipr, index) if table == MAIN_TABLE else []
-        try:
-            for network in wanted:
-                if any(_covers(prefix, network) for prefix in connected):
-                    continue
-                route = Route(network, name, table, metric)
-                if _add_route(ipr, index, route):
-                    added.append(route)
-        except BaseException:
-            _remove_routes(ipr, added)
-            raise
-    return added
+    wanted = [str(ip_network(network, strict=False)) for network in networks]
+    if not wanted:
+        return []
+    added = _call_child("add_routes", name=name, networks=wanted, table=table, metric=metric)
+    return [Route.from_json(route) for route in added]
 
 
 def remove_routes(routes: Sequence[Route]) -> None:
@@ -132,141 +128,47 @@ def remove_routes(routes: Sequence[Route]) -> None:
     """
     if not routes:
         return
-    with _iproute() as ipr:
-        _remove_routes(ipr, routes)
+    _call_child("remove_routes", routes=[route.as_json() for route in routes])
 
 
-def _remove_routes(ipr: Any, routes: Sequence[Route]) -> None:
-    first_error: TunError | None = None
-    for route in routes:
-        indexes = ipr.link_lookup(ifname=route.ifname)
-        if not indexes:
-            continue
-        try:
-            with _netlink_errors(f"remove route {route}"):
-                ipr.route("del", **_route_spec(indexes[0], route))
-        except TunError as exc:
-            if exc.errno not in (errno.ESRCH, errno.ENODEV, errno.ENOENT) and first_error is None:
-                first_error = exc
-    if first_error is not None:
-        raise first_error
-
-
-def _add_route(ipr: Any, index: int, route: Route) -> bool:
-    """Add one route; ``False`` when an identical one was already there."""
+def _call_child(op: str, **arguments: Any) -> Any:
+    """Run :mod:`.netlink_child` on one request; return its result or raise its error."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p and os.path.isdir(p))
+    request = json.dumps({"op": op, **arguments})
     try:
-        with _netlink_errors(f"add route {route}"):
-            ipr.route("add", **_route_spec(index, route))
-    except TunError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
-        other = _existing_route_device(ipr, route)
-        if other == index:
-            return False
-        where = f"interface index {other}" if other is not None else "another route"
-        if other is not None:
-            links = ipr.link("get", index=other)
-            where = links[0].get_attr("IFLA_IFNAME") if links else where
+        with map_os_errors(f"start the netlink child for {op}"):
+            done = subprocess.run(
+                # -P: the child runs as root; a module in the working directory must not
+                # shadow ours.
+                [sys.executable, "-P", "-m", CHILD_MODULE],
+                input=request,
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                env=env,
+                timeout=CHILD_TIMEOUT_SECONDS,
+                check=False,
+                # Its own process group: a Ctrl-C meant for us must not kill it half-way.
+                process_group=0,
+            )
+    except subprocess.TimeoutExpired:
         raise TunError(
-            f"failed to add route {route}: {route.network} already goes through {where}",
-            errno.EEXIST,
-        ) from exc
-    return True
-
-
-def _route_spec(index: int, route: Route) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "dst": str(route.network),
-        "oif": index,
-        "table": route.table,
-    }
-    if route.metric is not None:
-        spec["priority"] = route.metric
-    return spec
-
-
-def _existing_route_device(ipr: Any, route: Route) -> int | None:
-    """The output interface of the route that made adding ``route`` fail with EEXIST."""
-    family = 2 if route.network.version == 4 else 10
-    for message in ipr.route("dump", family=family):
-        if _message_network(message) != route.network:
-            continue
-        if _message_table(message) != route.table:
-            continue
-        if route.metric is not None and message.get_attr("RTA_PRIORITY") not in (
-            route.metric,
-            None,
-        ):
-            continue
-        oif = message.get_attr("RTA_OIF")
-        return int(oif) if oif is not None else None
-    return None
-
-
-def _connected_prefixes(ipr: Any, index: int) -> list[Network]:
-    """Prefixes the kernel itself routes to interface ``index`` in the main table."""
-    prefixes: list[Network] = []
-    for family in (2, 10):
-        for message in ipr.route("dump", family=family):
-            if message.get_attr("RTA_OIF") != index or _message_table(message) != MAIN_TABLE:
-                continue
-            if message["proto"] != _RTPROT_KERNEL:
-                continue
-            network = _message_network(message)
-            if network is not None and not network.is_link_local:
-                prefixes.append(network)
-    return prefixes
-
-
-def _covers(prefix: Network, network: Network) -> bool:
-    if prefix.version != network.version:
-        return False
-    return network.subnet_of(prefix)  # type: ignore[arg-type]  # same version checked above
-
-
-def _message_network(message: Any) -> Network | None:
-    dst = message.get_attr("RTA_DST")
-    if dst is None:
-        dst = "0.0.0.0" if message["family"] == 2 else "::"
+            f"failed to {op}: the netlink child did not answer in {CHILD_TIMEOUT_SECONDS:g} s",
+            errno.ETIMEDOUT,
+        ) from None
     try:
-        return ip_network(f"{dst}/{message['dst_len']}", strict=False)
-    except ValueError:
-        return None
-
-
-def _message_table(message: Any) -> int:
-    table = message.get_attr("RTA_TABLE")
-    return int(table) if table is not None else int(message["table"])
-
-
-def _index(ipr: Any, name: str) -> int:
-    indexes = ipr.link_lookup(ifname=name)
-    if not indexes:
-        raise TunError(f"interface {name!r} does not exist", errno.ENODEV)
-    return int(indexes[0])
-
-
-@contextmanager
-def _iproute() -> Iterator[Any]:
-    from pyroute2 import IPRoute
-
-    ipr = IPRoute()
-    try:
-        yield ipr
-    finally:
-        ipr.close()
-
-
-@contextmanager
-def _netlink_errors(action: str) -> Iterator[None]:
-    """Like :func:`tunplug.exceptions.map_os_errors`, for pyroute2's ``NetlinkError``."""
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        yield
-    except NetlinkError as exc:
-        code = int(exc.code) if exc.code else None
-        reason = os.strerror(code) if code else str(exc)
-        raise TunError(f"failed to {action}: {reason}", code) from exc
-    except OSError as exc:
-        raise TunError(f"failed to {action}: {exc.strerror or exc}", exc.errno) from exc
+        answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        lines = done.stderr.strip().splitlines()
+        detail = lines[-1] if lines else "no output"
+        raise TunError(
+            f"failed to {op}: the netlink child exited with status {done.returncode}: {detail}"
+        ) from None
+    if "error" in answer:
+        error = answer["error"]
+        cls = getattr(exceptions, error["type"], TunError)
+        if not (isinstance(cls, type) and issubclass(cls, TunError)):
+            cls = TunError
+        raise cls(error["message"], error["errno"])
+    return answer["result"]

@@ -168,3 +168,4 @@ def test_routes_are_added_once_skipped_when_connected_and_removed(netns, agent):
     assert "fd20::/48" not in result["after"]
     assert "10.9.0.0/24" in result["after"]  # the kernel's own route stays
     assert result["recorded"] == ["10.30.0.0/16 dev tp0"]  # Tun.add_routes keeps track
+    assert result["pyroute2_imported"] is False  # the work was done in child processes

@@ -291,6 +291,7 @@ async def routes(args: dict[str, Any]) -> None:
         after=after + after6,
         clash_error=error,
         recorded=recorded,
+        pyroute2_imported="pyroute2" in sys.modules,  # the netlink child's, not ours
     )
 
 
