@@ -112,19 +112,9 @@ class QueueStats(TypedDict):
     tx_coalesced_packets: int
 
 
-class TunStats(TypedDict):
+class TunStats(QueueStats):
     """What :meth:`LinuxMultiQueueTun.stats` returns: totals, drops by reason, per queue."""
 
-    rx_packets: int
-    rx_bytes: int
-    tx_packets: int
-    tx_bytes: int
-    #: Offloads: TSO/USO super-packets read, and the packets they were split into.
-    rx_super_packets: int
-    rx_segments: int
-    #: Offloads: super-packets written, and the packets coalesced into them.
-    tx_super_packets: int
-    tx_coalesced_packets: int
     #: e.g. ``{"tx_queue_full": 3, "write_einval": 1}``.
     drops: dict[str, int]
     queues: list[QueueStats]
