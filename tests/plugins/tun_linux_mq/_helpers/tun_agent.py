@@ -480,6 +480,11 @@ async def tcp_write(args: dict[str, Any]) -> None:
             ack = server_isn + 1
             await tun.send_ready()
             tun.send([tcp_packet(peer, own, port, 9200, isn + 1, ack, ACK)])
+            # The writer thread writes asynchronously: let the SYN and ACK reach the kernel
+            # before reading the device counters, or the ACK may be counted with the burst.
+            with anyio.fail_after(10):
+                while tun.stats()["tx_packets"] < 2:
+                    await anyio.sleep(0.001)
             burst = [
                 tcp_packet(
                     peer,
