@@ -483,7 +483,7 @@ async def tcp_write(args: dict[str, Any]) -> None:
             # The writer thread writes asynchronously: let the SYN and ACK reach the kernel
             # before reading the device counters, or the ACK may be counted with the burst.
             with anyio.fail_after(10):
-                while tun.stats()["tx_packets"] < 2:
+                while tun.stats()["tx_packets"] < 2:  # noqa: ASYNC110 - counters, no event
                     await anyio.sleep(0.001)
             burst = [
                 tcp_packet(
