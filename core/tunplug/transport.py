@@ -12,13 +12,13 @@ import logging
 import platform
 import socket
 import sys
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import Self
 
 import anyio
+from anyio.abc import AsyncResource
 
 from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.udp_offload import (
@@ -46,7 +46,7 @@ SOCKET_BUFFER_BYTES = 7 << 20
 _MAX_DATAGRAM = 65535
 
 
-class DatagramTransport(ABC):
+class DatagramTransport(AsyncResource):
     """A bound datagram socket that moves batches.
 
     :meth:`recv_many` waits for at least one datagram and returns up to ``max_datagrams``;
@@ -70,17 +70,6 @@ class DatagramTransport(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Close the socket. Idempotent."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def normalize_endpoint(address: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:

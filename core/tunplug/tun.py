@@ -12,12 +12,13 @@ The contract follows Firezone's ``Tun`` trait: batch receive, explicit send-read
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
-from types import TracebackType
 from typing import ClassVar, Self
+
+from anyio.abc import AsyncResource
 
 from tunplug.exceptions import BackendUnavailable
 
@@ -59,7 +60,7 @@ class TunOptions:
             raise ValueError(f"batch_size must be at least 1, not {self.batch_size}")
 
 
-class Tun(ABC):
+class Tun(AsyncResource):
     """An open TUN device carrying IP packets (no link-layer header) in both directions.
 
     Open one with the backend's :meth:`create`, and use it as an async context manager, or call
@@ -170,14 +171,3 @@ class Tun(ABC):
             it); routes added by this call before the failure are removed again.
         """
         raise BackendUnavailable(f"TUN backend {self.backend_name!r} cannot manage routes")
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
