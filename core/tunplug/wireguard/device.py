@@ -410,11 +410,8 @@ class WireGuardDevice:
         except HandshakeError as error:
             self.drops[error.reason] += 1
             return
-        peer.endpoint = endpoint
+        self._handshake_message_received(peer, endpoint, INITIATION_SIZE, now)
         timers = peer.timers
-        timers.any_authenticated_packet_traversal(now)
-        timers.any_authenticated_packet_received()
-        peer.rx_bytes += INITIATION_SIZE
         # Whatever we had initiated is superseded: its index must not accept a response.
         local_index = self._indices.new_handshake_index(peer)
         try:
@@ -431,6 +428,15 @@ class WireGuardDevice:
         out.to_network.append((bytes(message), endpoint))
         peer.tx_bytes += len(message)
 
+    def _handshake_message_received(
+        self, peer: Peer, endpoint: Endpoint, size: int, now: float
+    ) -> None:
+        """An authenticated handshake message arrived: follow its endpoint, count it."""
+        peer.endpoint = endpoint
+        peer.timers.any_authenticated_packet_traversal(now)
+        peer.timers.any_authenticated_packet_received()
+        peer.rx_bytes += size
+
     def _handle_response(
         self, data: bytes | memoryview, endpoint: Endpoint, now: float, out: Output
     ) -> None:
@@ -445,11 +451,8 @@ class WireGuardDevice:
         except HandshakeError as error:
             self.drops[error.reason] += 1
             return
-        peer.endpoint = endpoint
+        self._handshake_message_received(peer, endpoint, len(data), now)
         timers = peer.timers
-        timers.any_authenticated_packet_traversal(now)
-        timers.any_authenticated_packet_received()
-        peer.rx_bytes += len(data)
         self._begin_session(peer, now)
         timers.session_derived(now)
         timers.handshake_complete()
