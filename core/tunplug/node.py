@@ -158,9 +158,12 @@ def _log_summary(device: WireGuardDevice, engine: TunnelEngine) -> None:
     stats = engine.stats
     drops = ", ".join(f"{reason} {count}" for reason, count in device.drops.most_common())
     log.info(
-        "%d packets read from the device, %d written; dropped: %s",
+        "%d packets read from the device in %d batches, %d written from %d datagram batches; "
+        "dropped: %s",
         stats.tun_packets_read,
+        stats.batches_out,
         stats.tun_packets_written,
+        stats.batches_in,
         drops or "none",
     )
 
