@@ -477,18 +477,25 @@ class WireGuardDevice:
         reject_after_time = self.timing.reject_after_time
         unpack = TRANSPORT_HEADER.unpack_from
         groups: dict[Keypair, tuple[list[int], list[memoryview], list[Endpoint]]] = {}
+        # Runs are nearly always one session: look the receiver up only when it changes.
+        last_receiver = -1
+        group: tuple[list[int], list[memoryview], list[Endpoint]] | None = None
         for data, endpoint in run:
             _, receiver, counter = unpack(data, 0)
-            keypair = indices.get(receiver)
-            if type(keypair) is not Keypair:
-                self.drops["unknown-receiver"] += 1
-                continue
-            if now - keypair.created >= reject_after_time:
-                self.drops["expired-session"] += 1
-                continue
-            group = groups.get(keypair)
-            if group is None:
-                group = groups[keypair] = ([], [], [])
+            if receiver != last_receiver or group is None:
+                keypair = indices.get(receiver)
+                if type(keypair) is not Keypair:
+                    self.drops["unknown-receiver"] += 1
+                    group = None
+                    continue
+                if now - keypair.created >= reject_after_time:
+                    self.drops["expired-session"] += 1
+                    group = None
+                    continue
+                group = groups.get(keypair)
+                if group is None:
+                    group = groups[keypair] = ([], [], [])
+                last_receiver = receiver
             group[0].append(counter)
             group[1].append(memoryview(data)[16:])
             group[2].append(endpoint)
@@ -508,6 +515,9 @@ class WireGuardDevice:
         peer = keypair.peer
         replay = keypair.replay.check
         lookup_source = self._routes.lookup_source
+        # A batch comes from few inner sources: check each once (AllowedIPs cannot change
+        # within the call).
+        allowed_sources: dict[bytes | memoryview, bool] = {}
         to_tun = out.to_tun
         drops = self.drops
         authenticated = 0
@@ -544,7 +554,11 @@ class WireGuardDevice:
             if length > size:
                 drops["bad-inner-packet"] += 1
                 continue
-            if lookup_source(plaintext) is not peer:
+            source = plaintext[12:16] if version == 4 else plaintext[8:24]
+            allowed = allowed_sources.get(source)
+            if allowed is None:
+                allowed = allowed_sources[source] = lookup_source(plaintext) is peer
+            if not allowed:
                 drops["not-allowed-source"] += 1
                 continue
             to_tun.append(plaintext if length == size else plaintext[:length])

@@ -225,3 +225,38 @@ def test_peer_config_validation() -> None:
     with pytest.raises(ValueError, match="keepalive"):
         PeerConfig(bytes(32), persistent_keepalive=70000)
     assert ipaddress.ip_network("10.0.0.2/32") in a.device.peer_stats()[0].allowed_ips
+
+
+def test_allowed_source_is_checked_per_packet_in_a_mixed_batch():
+    """One batch with allowed and forbidden inner sources: only the allowed ones pass."""
+    from ipaddress import ip_network
+
+    from tunplug.testing.packets import udp
+    from tunplug.wireguard import PeerConfig, WireGuardDevice
+    from tunplug_crypto_cryptography.backend import CryptographyBackend
+
+    crypto = CryptographyBackend()
+    key_a, key_b = crypto.generate_private_key(), crypto.generate_private_key()
+    a, b = WireGuardDevice(key_a, crypto), WireGuardDevice(key_b, crypto)
+    a.add_peer(
+        PeerConfig(
+            public_key=crypto.public_key(key_b),
+            endpoint=("192.0.2.2", 1),
+            allowed_ips=(ip_network("10.9.0.0/24"),),
+        )
+    )
+    b.add_peer(
+        PeerConfig(public_key=crypto.public_key(key_a), allowed_ips=(ip_network("10.9.0.1/32"),))
+    )
+    now = 10.0
+    first = a.encrypt([udp("10.9.0.1", "10.9.0.2", 1, 2, b"hello")], now)
+    reply = b.decrypt([(d, ("192.0.2.1", 1)) for d, _ in first.to_network], now)
+    a.decrypt([(d, ("192.0.2.2", 1)) for d, _ in reply.to_network], now)
+    good = [udp("10.9.0.1", "10.9.0.2", 1, 2, bytes([i])) for i in range(3)]
+    bad = [udp("10.9.0.7", "10.9.0.2", 1, 2, bytes([i])) for i in range(3)]
+    mixed = [good[0], bad[0], good[1], bad[1], bad[2], good[2]]
+    before = b.drops["not-allowed-source"]
+    out = a.encrypt(mixed, now)
+    result = b.decrypt([(d, ("192.0.2.1", 1)) for d, _ in out.to_network], now)
+    assert result.to_tun == good
+    assert b.drops["not-allowed-source"] - before == 3
