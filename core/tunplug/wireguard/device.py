@@ -192,8 +192,22 @@ class WireGuardDevice:
         out = Output()
         by_peer: dict[Peer, list[Packet]] = {}
         lookup = self._routes.lookup_destination
+        # A batch goes to few destinations: route each once.
+        routed: dict[bytes, Peer | None] = {}
         for packet in packets:
-            peer = lookup(packet)
+            size = len(packet)
+            version = packet[0] >> 4 if size else 0
+            if version == 4 and size >= 20:
+                destination = bytes(packet[16:20])  # 4 bytes: never equal to a v6 key
+            elif version == 6 and size >= 40:
+                destination = bytes(packet[24:40])
+            else:
+                self.drops["no-route"] += 1
+                continue
+            if destination in routed:
+                peer = routed[destination]
+            else:
+                peer = routed[destination] = lookup(packet)
             if peer is None:
                 self.drops["no-route"] += 1
                 continue

@@ -260,3 +260,28 @@ def test_allowed_source_is_checked_per_packet_in_a_mixed_batch():
     result = b.decrypt([(d, ("192.0.2.1", 1)) for d, _ in out.to_network], now)
     assert result.to_tun == good
     assert b.drops["not-allowed-source"] - before == 3
+
+
+def test_encrypt_routes_any_buffer_type_and_never_routes_malformed_packets():
+    from ipaddress import ip_network
+
+    from tunplug.testing.packets import udp
+    from tunplug.wireguard import PeerConfig, WireGuardDevice
+    from tunplug_crypto_cryptography.backend import CryptographyBackend
+
+    crypto = CryptographyBackend()
+    device = WireGuardDevice(crypto.generate_private_key(), crypto)
+    device.add_peer(
+        PeerConfig(
+            public_key=crypto.public_key(crypto.generate_private_key()),
+            endpoint=("192.0.2.2", 1),
+            allowed_ips=(ip_network("10.9.0.0/24"),),
+        )
+    )
+    packet = udp("10.9.0.1", "10.9.0.2", 1, 2, b"x")
+    # A truncated "IPv6" packet whose bytes 24..28 spell a routed IPv4 destination.
+    short_v6 = bytes([0x60]) + bytes(23) + bytes([10, 9, 0, 2])
+    before = device.drops["no-route"]
+    out = device.encrypt([packet, bytearray(packet), memoryview(packet), short_v6], 1.0)
+    assert device.drops["no-route"] - before == 1
+    assert len(out.to_network) == 1  # the handshake initiation; the three are staged
