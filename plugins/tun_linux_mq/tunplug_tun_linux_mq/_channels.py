@@ -56,37 +56,18 @@ class Waker:
         await self._event.wait()
 
 
-class Inbound:
-    """Batches from the reader threads to :meth:`LinuxMultiQueueTun.recv_many`. Bounded."""
+class _Channel:
+    """What both channels share: one lock, the I/O thread's condition, the loop's waker, and
+    the closed/failed states that wake everybody."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
         self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
-        self._batches: deque[list[bytes]] = deque()
+        #: Where the I/O thread waits (for room to read into, or for packets to write).
+        self._thread_wakeup = threading.Condition(self._lock)
         self._capacity = capacity
         self._closed = False
         self._failure: TunError | None = None
         self._waker = Waker(loop)
-
-    def put(self, batch: list[bytes], counters: ReadCounters | None = None) -> bool:
-        """Reader side: queue ``batch``, blocking while full. ``False`` once closed.
-
-        ``counters`` are updated under the lock, so a batch is counted before any consumer
-        can see it.
-        """
-        size = sum(map(len, batch)) if counters is not None else 0
-        with self._lock:
-            while len(self._batches) >= self._capacity and not self._closed:
-                self._not_full.wait()
-            if self._closed:
-                return False
-            self._batches.append(batch)
-            if counters is not None:
-                counters.rx_packets += len(batch)
-                counters.rx_bytes += size
-            if self._waker.waiting:
-                self._waker.fire()
-            return True
 
     def fail(self, error: TunError) -> None:
         with self._lock:
@@ -98,9 +79,41 @@ class Inbound:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._not_full.notify_all()
+            self._discard_on_close()
+            self._thread_wakeup.notify_all()
             if self._waker.waiting:
                 self._waker.fire()
+
+    def _discard_on_close(self) -> None:
+        """Drop what a closed channel must not deliver (called under the lock)."""
+
+
+class Inbound(_Channel):
+    """Batches from the reader threads to :meth:`LinuxMultiQueueTun.recv_many`. Bounded."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
+        super().__init__(loop, capacity)
+        self._batches: deque[list[bytes]] = deque()
+
+    def put(self, batch: list[bytes], counters: ReadCounters | None = None) -> bool:
+        """Reader side: queue ``batch``, blocking while full. ``False`` once closed.
+
+        ``counters`` are updated under the lock, so a batch is counted before any consumer
+        can see it.
+        """
+        size = sum(map(len, batch)) if counters is not None else 0
+        with self._lock:
+            while len(self._batches) >= self._capacity and not self._closed:
+                self._thread_wakeup.wait()
+            if self._closed:
+                return False
+            self._batches.append(batch)
+            if counters is not None:
+                counters.rx_packets += len(batch)
+                counters.rx_bytes += size
+            if self._waker.waiting:
+                self._waker.fire()
+            return True
 
     async def get(self, max_packets: int, closed_error: ClosedResource) -> list[bytes]:
         """Loop side: wait for packets, return up to ``max_packets``, merging small batches."""
@@ -116,7 +129,7 @@ class Inbound:
                     else:
                         while self._batches and len(packets) + len(self._batches[0]) <= max_packets:
                             packets += self._batches.popleft()
-                        self._not_full.notify_all()
+                        self._thread_wakeup.notify_all()
                     return packets
                 if self._failure is not None:
                     raise fresh(self._failure)
@@ -128,22 +141,17 @@ class Inbound:
                     self._waker.waiting = False
 
 
-class Outbound:
+class Outbound(_Channel):
     """The bounded packet queue of one writer thread, filled by :meth:`LinuxMultiQueueTun.send`.
 
     ``_pending`` counts packets queued or being written, so the bound covers both.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, capacity: int) -> None:
-        self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
+        super().__init__(loop, capacity)
         self._chunks: deque[list[bytes]] = deque()
         self._pending = 0
-        self._capacity = capacity
         self._wanted = 0
-        self._closed = False
-        self._failure: TunError | None = None
-        self._waker = Waker(loop)
 
     def put(self, packets: list[bytes], closed_error: ClosedResource) -> int:
         """Loop side, never blocks: queue what fits and return how many packets did not."""
@@ -158,7 +166,7 @@ class Outbound:
             if packets:
                 self._chunks.append(packets)
                 self._pending += len(packets)
-                self._not_empty.notify()
+                self._thread_wakeup.notify()
             return dropped
 
     async def wait_room(self, wanted: int, closed_error: ClosedResource) -> None:
@@ -183,7 +191,7 @@ class Outbound:
         """Writer side: the next chunk, blocking while empty. ``None`` once closed."""
         with self._lock:
             while not self._chunks and not self._closed:
-                self._not_empty.wait()
+                self._thread_wakeup.wait()
             if self._closed:
                 return None
             return self._chunks.popleft()
@@ -195,20 +203,8 @@ class Outbound:
             if self._waker.waiting and self._capacity - self._pending >= self._wanted:
                 self._waker.fire()
 
-    def fail(self, error: TunError) -> None:
-        with self._lock:
-            if self._failure is None:
-                self._failure = error
-            if self._waker.waiting:
-                self._waker.fire()
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._chunks.clear()
-            self._not_empty.notify_all()
-            if self._waker.waiting:
-                self._waker.fire()
+    def _discard_on_close(self) -> None:
+        self._chunks.clear()
 
 
 def fresh(error: TunError) -> TunError:
