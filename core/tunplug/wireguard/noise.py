@@ -147,6 +147,14 @@ class Handshake:
         self.remote_index = 0
 
 
+def _seal_and_mix(
+    crypto: CryptoBackend, key: bytes, plaintext: bytes, h: bytes
+) -> tuple[bytes, bytes]:
+    """Noise EncryptAndHash: seal with nonce 0 and the hash as AAD, then mix the ciphertext."""
+    ciphertext = crypto.aead(key).seal(0, plaintext, h)
+    return ciphertext, crypto.hash(h + ciphertext)
+
+
 def create_initiation(
     identity: Identity,
     handshake: Handshake,
@@ -169,11 +177,9 @@ def create_initiation(
         ck, key = kdf2(crypto, ck, crypto.dh(ephemeral_private, handshake.remote_static))
     except DecryptionFailed:
         raise HandshakeError("bad-peer-key") from None
-    encrypted_static = crypto.aead(key).seal(0, identity.public, h)
-    h = crypto.hash(h + encrypted_static)
+    encrypted_static, h = _seal_and_mix(crypto, key, identity.public, h)
     ck, key = kdf2(crypto, ck, handshake.precomputed_static_static)
-    encrypted_timestamp = crypto.aead(key).seal(0, timestamp, h)
-    h = crypto.hash(h + encrypted_timestamp)
+    encrypted_timestamp, h = _seal_and_mix(crypto, key, timestamp, h)
 
     message = bytearray(INITIATION_SIZE)
     INITIATION.pack_into(
@@ -288,8 +294,7 @@ def create_response(
         raise HandshakeError("handshake-failed") from None
     ck, tau, key = kdf3(crypto, ck, handshake.preshared_key)
     h = crypto.hash(h + tau)
-    encrypted_empty = crypto.aead(key).seal(0, b"", h)
-    h = crypto.hash(h + encrypted_empty)
+    encrypted_empty, h = _seal_and_mix(crypto, key, b"", h)
 
     message = bytearray(RESPONSE_SIZE)
     RESPONSE.pack_into(
