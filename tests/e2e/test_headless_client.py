@@ -19,9 +19,10 @@ def links(ns: NetNS) -> str:
     return ns.run("ip", "-o", "link", "show").stdout
 
 
-def test_a_malformed_config_is_one_line_and_exit_2(tmp_path):
+def run_with_config(tmp_path: Path, text: str) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """Run ``standalone`` with a config file holding ``text``."""
     config = tmp_path / "wg0.conf"
-    config.write_text("[Interface]\nPrivateKey = nope\n")
+    config.write_text(text)
     result = subprocess.run(
         [CLIENT, "standalone", "--config", str(config)],
         capture_output=True,
@@ -29,6 +30,11 @@ def test_a_malformed_config_is_one_line_and_exit_2(tmp_path):
         timeout=30,
         check=False,
     )
+    return config, result
+
+
+def test_a_malformed_config_is_one_line_and_exit_2(tmp_path):
+    config, result = run_with_config(tmp_path, "[Interface]\nPrivateKey = nope\n")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"tunplug-headless-client: error: {config}:2: PrivateKey must be 44 characters of "
@@ -37,15 +43,7 @@ def test_a_malformed_config_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_config_without_peers_is_refused(tmp_path):
-    config = tmp_path / "wg0.conf"
-    config.write_text(f"[Interface]\nPrivateKey = {Keys.generate().private}\n")
-    result = subprocess.run(
-        [CLIENT, "standalone", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    _, result = run_with_config(tmp_path, f"[Interface]\nPrivateKey = {Keys.generate().private}\n")
     assert result.returncode == 2
     assert "has no [Peer] section" in result.stderr
 
