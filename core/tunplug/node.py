@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import anyio
 
@@ -40,17 +40,19 @@ class RunningInterface:
 
 def parse_test_timers(text: str) -> Timing:
     """``"rekey_after_time=5,keepalive_timeout=2"`` -> :class:`Timing` (test-only setting)."""
-    names = {field.name: field.type for field in fields(Timing)}
-    values: dict[str, float] = {}
+    defaults = Timing()
+    names = [field.name for field in fields(Timing)]
+    timing = defaults
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name not in names:
             raise ConfigError("TUNPLUG_TEST_TIMERS", f"unknown timer {name!r} ({', '.join(names)})")
         try:
-            values[name] = float(value) if "float" in str(names[name]) else int(value)
+            # Each value takes the type of the whitepaper default (seconds float, counts int).
+            timing = replace(timing, **{name: type(getattr(defaults, name))(value)})
         except ValueError:
             raise ConfigError("TUNPLUG_TEST_TIMERS", f"{name}: not a number: {value!r}") from None
-    return Timing(**values)  # type: ignore[arg-type]
+    return timing
 
 
 def build_device(app: App, config: WgQuickConfig) -> WireGuardDevice:

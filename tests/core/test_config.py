@@ -50,3 +50,16 @@ def test_bad_flag_values_name_the_flag():
     with pytest.raises(ConfigError) as caught:
         load_settings({"tun_threads": 0}, flags={"tun_threads": "--tun-threads"})
     assert str(caught.value).startswith("--tun-threads: input should be greater")
+
+
+def test_test_timers_shorten_wireguard_timers_and_reject_nonsense():
+    from tunplug.node import parse_test_timers
+
+    timing = parse_test_timers("rekey_after_time=3, keepalive_timeout=1,rekey_after_messages=100")
+    assert (timing.rekey_after_time, timing.keepalive_timeout) == (3.0, 1.0)
+    assert timing.rekey_after_messages == 100 and isinstance(timing.rekey_after_messages, int)
+    assert timing.reject_after_time == 180.0  # untouched defaults stay
+    with pytest.raises(ConfigError, match="unknown timer 'bogus'"):
+        parse_test_timers("bogus=1")
+    with pytest.raises(ConfigError, match="rekey_after_time: not a number"):
+        parse_test_timers("rekey_after_time=soon")
