@@ -103,12 +103,37 @@ class _Parser:
         return (str(infos[0][4][0]), port), value
 
 
+@dataclass(slots=True)
+class _InterfaceDraft:
+    """[Interface] as it is being read; becomes the frozen :class:`WgQuickConfig`."""
+
+    private_key: bytes | None = None
+    addresses: list[IPv4Interface | IPv6Interface] = field(default_factory=list)
+    listen_port: int | None = None
+    dns_servers: list[IPv4Address | IPv6Address] = field(default_factory=list)
+    dns_domains: list[str] = field(default_factory=list)
+    mtu: int | None = None
+
+
+@dataclass(slots=True)
+class _PeerDraft:
+    """One [Peer] as it is being read; ``line`` is where it starts, for errors."""
+
+    line: int
+    public_key: bytes | None = None
+    preshared_key: bytes | None = None
+    endpoint: Endpoint | None = None
+    endpoint_text: str | None = None
+    allowed_ips: list[IPv4Network | IPv6Network] = field(default_factory=list)
+    persistent_keepalive: int | None = None
+
+
 def parse_wg_quick(text: str, source: str = "<config>") -> WgQuickConfig:
     """Parse a wg-quick file's text. :raises ConfigError: with ``source:line: Key`` first."""
     parser = _Parser(source)
     section: str | None = None
-    interface: dict[str, object] = {}
-    peers: list[dict[str, object]] = []
+    interface = _InterfaceDraft()
+    peers: list[_PeerDraft] = []
     seen_interface = False
     for number, raw in enumerate(text.splitlines(), start=1):
         parser.line = number
@@ -122,7 +147,7 @@ def parse_wg_quick(text: str, source: str = "<config>") -> WgQuickConfig:
                     raise parser.fail("[Interface]", "appears twice")
                 seen_interface = True
             elif section == "peer":
-                peers.append({"line": number})
+                peers.append(_PeerDraft(number))
             else:
                 raise parser.fail(line, "unknown section (expected [Interface] or [Peer])")
             continue
@@ -140,70 +165,78 @@ def parse_wg_quick(text: str, source: str = "<config>") -> WgQuickConfig:
             _interface_key(parser, interface, key, lowered, value)
         else:
             _peer_key(parser, peers[-1], key, lowered, value)
-    parser.line = 0
     if not seen_interface:
         raise ConfigError(source, "has no [Interface] section")
-    if "private_key" not in interface:
+    if interface.private_key is None:
         raise ConfigError(f"{source}: [Interface]", "PrivateKey is missing")
     sections = []
     for peer in peers:
-        if "public_key" not in peer:
-            raise ConfigError(f"{source}:{peer['line']}: [Peer]", "PublicKey is missing")
-        peer.pop("line")
-        sections.append(PeerSection(**peer))  # type: ignore[arg-type]
+        if peer.public_key is None:
+            raise ConfigError(f"{source}:{peer.line}: [Peer]", "PublicKey is missing")
+        sections.append(
+            PeerSection(
+                public_key=peer.public_key,
+                preshared_key=peer.preshared_key,
+                endpoint=peer.endpoint,
+                endpoint_text=peer.endpoint_text,
+                allowed_ips=tuple(peer.allowed_ips),
+                persistent_keepalive=peer.persistent_keepalive,
+            )
+        )
     keys = [peer.public_key for peer in sections]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"{source}: [Peer]", "the same PublicKey appears twice")
-    return WgQuickConfig(peers=tuple(sections), **interface)  # type: ignore[arg-type]
+    return WgQuickConfig(
+        private_key=interface.private_key,
+        addresses=tuple(interface.addresses),
+        listen_port=interface.listen_port,
+        dns_servers=tuple(interface.dns_servers),
+        dns_domains=tuple(interface.dns_domains),
+        mtu=interface.mtu,
+        peers=tuple(sections),
+    )
 
 
 def _interface_key(
-    parser: _Parser, interface: dict[str, object], key: str, lowered: str, value: str
+    parser: _Parser, interface: _InterfaceDraft, key: str, lowered: str, value: str
 ) -> None:
     if lowered == "privatekey":
-        interface["private_key"] = parser.key(key, value)
+        interface.private_key = parser.key(key, value)
     elif lowered == "address":
-        addresses = list(interface.get("addresses", ()))  # type: ignore[call-overload]
         for item in parser.items(value):
             try:
-                addresses.append(ip_interface(item))
+                interface.addresses.append(ip_interface(item))
             except ValueError:
                 raise parser.fail(key, f"{item!r} is not an address with a prefix") from None
-        interface["addresses"] = tuple(addresses)
     elif lowered == "listenport":
-        interface["listen_port"] = parser.integer(key, value, 0, 65535)
+        interface.listen_port = parser.integer(key, value, 0, 65535)
     elif lowered == "mtu":
-        interface["mtu"] = parser.integer(key, value, 576, 65535)
+        interface.mtu = parser.integer(key, value, 576, 65535)
     elif lowered == "dns":
-        servers = list(interface.get("dns_servers", ()))  # type: ignore[call-overload]
-        domains = list(interface.get("dns_domains", ()))  # type: ignore[call-overload]
         for item in parser.items(value):
             try:
-                servers.append(ip_address(item))
+                interface.dns_servers.append(ip_address(item))
             except ValueError:
-                domains.append(item)  # wg-quick treats non-addresses as search domains
-        interface["dns_servers"], interface["dns_domains"] = tuple(servers), tuple(domains)
+                interface.dns_domains.append(item)  # wg-quick: non-addresses are domains
     else:
         raise parser.fail(key, "unknown [Interface] key")
 
 
-def _peer_key(parser: _Parser, peer: dict[str, object], key: str, lowered: str, value: str) -> None:
+def _peer_key(parser: _Parser, peer: _PeerDraft, key: str, lowered: str, value: str) -> None:
     if lowered == "publickey":
-        peer["public_key"] = parser.key(key, value)
+        peer.public_key = parser.key(key, value)
     elif lowered == "presharedkey":
-        peer["preshared_key"] = parser.key(key, value)
+        peer.preshared_key = parser.key(key, value)
     elif lowered == "endpoint":
-        peer["endpoint"], peer["endpoint_text"] = parser.endpoint(key, value)
+        peer.endpoint, peer.endpoint_text = parser.endpoint(key, value)
     elif lowered == "allowedips":
-        networks = list(peer.get("allowed_ips", ()))  # type: ignore[call-overload]
         for item in parser.items(value):
             try:
-                networks.append(ip_network(item, strict=False))
+                peer.allowed_ips.append(ip_network(item, strict=False))
             except ValueError:
                 raise parser.fail(key, f"{item!r} is not a network (a.b.c.d/n)") from None
-        peer["allowed_ips"] = tuple(networks)
     elif lowered == "persistentkeepalive":
-        peer["persistent_keepalive"] = (
+        peer.persistent_keepalive = (
             None if value == "off" else parser.integer(key, value, 0, 65535) or None
         )
     else:
