@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
 import anyio
+import anyio.abc
 
 from tunplug.app import App
 from tunplug.engine import TunnelEngine
@@ -136,7 +137,10 @@ async def run_interface(
                     tasks.start_soon(engine.run, name="engine")
                     tasks.start_soon(_log_handshakes, device, name="handshake-log")
                     if stop_on_signals:
-                        tasks.start_soon(_stop_on_signal, tasks.cancel_scope, name="signals")
+                        # start(), not start_soon(): the handlers must be in place before
+                        # "tunnel is up" is announced, or an early SIGINT is a bare
+                        # KeyboardInterrupt.
+                        await tasks.start(_stop_on_signal, tasks.cancel_scope, name="signals")
                     if on_ready is not None:
                         on_ready(ready)
             except BaseException as exc:
@@ -190,8 +194,11 @@ async def _log_handshakes(device: WireGuardDevice) -> None:
         await anyio.sleep(HANDSHAKE_LOG_INTERVAL)
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _stop_on_signal(
+    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s: shutting down", signal.Signals(signum).name)
             scope.cancel()
