@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TypeVar
 
 from tunplug.config import TunplugSettings, env_name
@@ -54,9 +55,9 @@ class App:
         name = name or self.settings.crypto_backend
         return _choose("crypto backend", self.plugins.crypto_backends(), name, "crypto_backend")()
 
-    def dns_manager(self, name: str) -> DnsManager:
-        """An instance of the DNS manager ``name`` (``--dns-control``)."""
-        return _choose("DNS manager", self.plugins.dns_managers(), name, "dns_control")()
+    def dns_manager(self, name: str, state_dir: Path) -> DnsManager:
+        """An instance of the DNS manager ``name`` (``--dns-control``), state in ``state_dir``."""
+        return _choose("DNS manager", self.plugins.dns_managers(), name, "dns_control")(state_dir)
 
     def pipeline(self, tunnel: TunnelInfo) -> Pipeline:
         return self.plugins.pipeline(self.settings, tunnel)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -38,6 +39,11 @@ class DnsManager(ABC):
     name: ClassVar[str]
     #: One line for ``tunplug plugins``.
     description: ClassVar[str] = ""
+
+    def __init__(self, state_dir: Path) -> None:
+        #: A private directory (created by the caller, mode 0700) that survives restarts: where a
+        #: manager keeps what it must restore, also after a crash of the previous run.
+        self.state_dir = state_dir
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
