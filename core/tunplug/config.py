@@ -8,7 +8,7 @@ print it as one line and exit with status 2.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,7 +66,7 @@ class TunplugSettings(BaseSettings):
         return frozenset(name.strip() for name in self.disable_plugins.split(",") if name.strip())
 
 
-_ENV_NAMES = {"log_level": "TUNPLUG_LOG", "dns_control": "TUNPLUG_DNS_CONTROL"}
+_ENV_NAMES = {"log_level": "TUNPLUG_LOG", "log_dir": "LOG_DIR"}
 
 
 def env_name(field: str) -> str:
@@ -74,19 +74,39 @@ def env_name(field: str) -> str:
     return _ENV_NAMES.get(field, ENV_PREFIX + field.upper())
 
 
+S = TypeVar("S", bound=TunplugSettings)
+
+
+@overload
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, flags: Mapping[str, str] | None = None
+) -> TunplugSettings: ...
+
+
+@overload
 def load_settings(
     overrides: Mapping[str, Any] | None = None,
     *,
     flags: Mapping[str, str] | None = None,
+    model: type[S],
+) -> S: ...
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    model: type[TunplugSettings] = TunplugSettings,
 ) -> TunplugSettings:
     """Build settings from ``overrides`` (command-line values), the environment and defaults.
 
     ``flags`` maps a field name to the flag that set it, so that an error names what the user
-    typed. :raises ConfigError: a value is invalid; the message is one line.
+    typed. ``model`` is :class:`TunplugSettings` or a command's subclass of it.
+    :raises ConfigError: a value is invalid; the message is one line.
     """
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     try:
-        return TunplugSettings(**given)
+        return model(**given)
     except ValidationError as exc:
         raise _config_error(exc, given, flags or {}) from None
 

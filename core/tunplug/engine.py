@@ -97,25 +97,26 @@ class TunnelEngine:
             tasks.start_soon(self._timers, name=f"{self.tun.name}-timers")
 
     async def _outbound(self) -> None:
-        tun, pipeline, processor, stats = self.tun, self.pipeline, self.processor, self.stats
+        tun, pipeline, stats = self.tun, self.pipeline, self.stats
         while True:
             packets = list(await tun.recv_many())
             stats.tun_packets_read += len(packets)
             stats.batches_out += 1
             if pipeline.stages:
                 packets = pipeline.outbound(packets)
-            output = processor.encrypt(packets, self.clock())
+            # self.processor per batch, not once: a reload may replace it (new private key).
+            output = self.processor.encrypt(packets, self.clock())
             await self._emit(output.to_network)
             self._deadline_may_have_moved()
 
     async def _inbound(self) -> None:
-        tun, pipeline, processor, stats = self.tun, self.pipeline, self.processor, self.stats
+        tun, pipeline, stats = self.tun, self.pipeline, self.stats
         batch = tun.batch_size
         while True:
             datagrams = await self.transport.recv_many(batch)
             stats.datagrams_received += len(datagrams)
             stats.batches_in += 1
-            output = processor.decrypt(datagrams, self.clock())
+            output = self.processor.decrypt(datagrams, self.clock())
             if output.to_network:
                 await self._emit(output.to_network)
             packets: list[Packet] = list(output.to_tun)
@@ -129,8 +130,8 @@ class TunnelEngine:
             self._deadline_may_have_moved()
 
     async def _timers(self) -> None:
-        processor = self.processor
         while True:
+            processor = self.processor
             now = self.clock()
             deadline = processor.next_deadline()
             self._timer_target = deadline if deadline is not None else now + IDLE_TICK

@@ -12,21 +12,27 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
+from dataclasses import field as dc_field
+from ipaddress import IPv4Network, IPv6Network
 
 import anyio
 import anyio.abc
 
 from tunplug.app import App
+from tunplug.dns import DnsManager, DnsSettings
 from tunplug.engine import TunnelEngine
 from tunplug.events import TunnelInfo
-from tunplug.exceptions import ConfigError
+from tunplug.exceptions import ConfigError, TunplugError
+from tunplug.systemd import Notifier
 from tunplug.transport import UdpTransport
-from tunplug.tun import DEFAULT_MTU, TunOptions
+from tunplug.tun import DEFAULT_MTU, Tun, TunOptions
 from tunplug.wgquick import WgQuickConfig
 from tunplug.wireguard import PeerConfig, Timing, WireGuardDevice
 from tunplug.wireguard.keys import format_key
 
 log = logging.getLogger(__name__)
+
+Network = IPv4Network | IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +43,7 @@ class RunningInterface:
     listen_port: int
     public_key: str
     queues: int
+    full_tunnel: bool = False
 
 
 def parse_test_timers(text: str) -> Timing:
@@ -56,23 +63,71 @@ def parse_test_timers(text: str) -> Timing:
     return timing
 
 
+def peer_configs(config: WgQuickConfig) -> list[PeerConfig]:
+    """The protocol's view of each ``[Peer]`` section."""
+    return [
+        PeerConfig(
+            public_key=peer.public_key,
+            preshared_key=peer.preshared_key,
+            endpoint=peer.endpoint,
+            allowed_ips=peer.allowed_ips,
+            persistent_keepalive=peer.persistent_keepalive,
+        )
+        for peer in config.peers
+    ]
+
+
 def build_device(app: App, config: WgQuickConfig) -> WireGuardDevice:
     """The sans-IO WireGuard device with every peer of ``config``."""
     timing = parse_test_timers(app.settings.test_timers)
     device = WireGuardDevice(
         config.private_key, app.crypto(), timing=timing, mtu=config.mtu or DEFAULT_MTU
     )
-    for peer in config.peers:
-        device.add_peer(
-            PeerConfig(
-                public_key=peer.public_key,
-                preshared_key=peer.preshared_key,
-                endpoint=peer.endpoint,
-                allowed_ips=peer.allowed_ips,
-                persistent_keepalive=peer.persistent_keepalive,
-            )
-        )
+    for peer in peer_configs(config):
+        device.add_peer(peer)
     return device
+
+
+def allowed_networks(config: WgQuickConfig) -> list[Network]:
+    """Every peer's AllowedIPs, each once, in order."""
+    return list(dict.fromkeys(network for peer in config.peers for network in peer.allowed_ips))
+
+
+def is_full_tunnel(config: WgQuickConfig) -> bool:
+    """Whether a peer takes a whole address family (``0.0.0.0/0`` or ``::/0``)."""
+    return any(network.prefixlen == 0 for network in allowed_networks(config))
+
+
+def restart_needed(old: WgQuickConfig, new: WgQuickConfig) -> list[str]:
+    """The settings a reload cannot apply to a running device (a restart is needed)."""
+    changed = []
+    if old.addresses != new.addresses:
+        changed.append("Address")
+    if (old.mtu or DEFAULT_MTU) != (new.mtu or DEFAULT_MTU):
+        changed.append("MTU")
+    if old.listen_port != new.listen_port:
+        changed.append("ListenPort")
+    if is_full_tunnel(old) != is_full_tunnel(new):
+        changed.append("full tunnel (0.0.0.0/0 or ::/0 in AllowedIPs)")
+    return changed
+
+
+@dataclass(slots=True)
+class InterfaceHooks:
+    """Optional parts of a run: what a service adds around the tunnel.
+
+    ``reload`` re-reads the configuration on SIGHUP (``None``: SIGHUP is ignored).
+    ``dns`` points the resolver at the config's DNS servers while the tunnel runs.
+    ``exit_after_handshake``: seconds to wait for a handshake with every peer, then stop with
+    success (``--exit``); failing to connect in time is an error.
+    """
+
+    on_ready: Callable[[RunningInterface], None] | None = None
+    reload: Callable[[], WgQuickConfig] | None = None
+    dns: DnsManager | None = None
+    notifier: Notifier = dc_field(default_factory=lambda: Notifier(""))
+    full_tunnel_mark: int = 51820
+    exit_after_handshake: float | None = None
 
 
 async def run_interface(
@@ -83,73 +138,248 @@ async def run_interface(
     role: str = "client",
     on_ready: Callable[[RunningInterface], None] | None = None,
     stop_on_signals: bool = True,
+    hooks: InterfaceHooks | None = None,
 ) -> None:
-    """Bring the interface up, carry traffic until SIGINT/SIGTERM, then take it all down."""
-    device = build_device(app, config)
-    settings = app.settings
-    options = TunOptions(
-        name=name,
-        mtu=config.mtu or DEFAULT_MTU,
-        queues=settings.tun_threads,
-        batch_size=settings.batch_size,
-        offloads=settings.offloads,
-        addresses=config.addresses,
-    )
-    app.configure()
-    async with await app.open_tun(options) as tun:
-        routes = [network for peer in config.peers for network in peer.allowed_ips]
-        await tun.add_routes(routes)
-        async with UdpTransport.bind(
-            config.listen_port or 0, offloads=settings.offloads
-        ) as transport:
-            info = TunnelInfo(
-                interface=tun.name,
-                tun_backend=tun.backend_name,
-                role=role,  # type: ignore[arg-type]
-                queues=tun.queues,
-                addresses=config.addresses,
-                peers=len(config.peers),
-            )
-            engine = TunnelEngine(tun, transport, device, app.pipeline(info))
-            error: BaseException | None = None
-            ready = RunningInterface(
-                tun.name,
-                transport.local_endpoint[1],
-                format_key(app.crypto().public_key(config.private_key)),
-                tun.queues,
-            )
-            udp = transport.stats()
-            log.info(
-                "interface %s up: %d queue(s), TUN offloads %s, UDP GSO %s / GRO %s, "
-                "UDP port %d, %d peer(s), public key %s",
-                tun.name,
-                tun.queues,
-                "on" if tun.offloads else "off",
-                "on" if udp.gso_enabled else "off",
-                "on" if udp.gro_enabled else "off",
-                ready.listen_port,
-                len(config.peers),
-                ready.public_key,
-            )
-            app.plugins.notify_tunnel_up(info)
+    """Bring the interface up, carry traffic until SIGINT/SIGTERM, then take it all down.
+
+    :raises ConnectTimeout: ``exit_after_handshake`` ran out before every peer connected.
+    """
+    hooks = hooks or InterfaceHooks()
+    if on_ready is not None:
+        hooks.on_ready = on_ready
+    await _Runner(app, config, name, role, hooks).run(stop_on_signals)
+
+
+class ConnectTimeout(TunplugError):
+    """``--exit``: the peers did not complete a handshake in time."""
+
+
+class _Runner:
+    """One interface from start to finish; keeps what a reload must compare and change."""
+
+    def __init__(
+        self, app: App, config: WgQuickConfig, name: str | None, role: str, hooks: InterfaceHooks
+    ) -> None:
+        self.app = app
+        self.config = config
+        self.name = name
+        self.role = role
+        self.hooks = hooks
+        self.device = build_device(app, config)
+        self.full_tunnel = is_full_tunnel(config)
+        self.dns_active = False
+
+    def _dns_settings(self, interface: str, config: WgQuickConfig) -> DnsSettings:
+        return DnsSettings(
+            interface=interface,
+            servers=config.dns_servers,
+            domains=config.dns_domains,
+            full_tunnel=self.full_tunnel,
+        )
+
+    async def run(self, stop_on_signals: bool) -> None:
+        app, config, hooks = self.app, self.config, self.hooks
+        settings = app.settings
+        options = TunOptions(
+            name=self.name,
+            mtu=config.mtu or DEFAULT_MTU,
+            queues=settings.tun_threads,
+            batch_size=settings.batch_size,
+            offloads=settings.offloads,
+            addresses=config.addresses,
+        )
+        app.configure()
+        mark = hooks.full_tunnel_mark if self.full_tunnel else None
+        async with await app.open_tun(options) as tun:
+            self.tun = tun
+            networks = allowed_networks(config)
+            await tun.add_routes([network for network in networks if network.prefixlen])
+            if self.full_tunnel:
+                assert mark is not None
+                await tun.route_all_traffic(networks, mark)
+            async with UdpTransport.bind(
+                config.listen_port or 0, offloads=settings.offloads, fwmark=mark
+            ) as transport:
+                try:
+                    await self._serve(tun, transport, stop_on_signals)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._dns_off()
+
+    async def _serve(self, tun: Tun, transport: UdpTransport, stop_on_signals: bool) -> None:
+        app, config, hooks = self.app, self.config, self.hooks
+        info = TunnelInfo(
+            interface=tun.name,
+            tun_backend=tun.backend_name,
+            role=self.role,  # type: ignore[arg-type]
+            queues=tun.queues,
+            addresses=config.addresses,
+            peers=len(config.peers),
+        )
+        engine = self.engine = TunnelEngine(tun, transport, self.device, app.pipeline(info))
+        error: BaseException | None = None
+        ready = RunningInterface(
+            tun.name,
+            transport.local_endpoint[1],
+            format_key(self.device.public_key),
+            tun.queues,
+            self.full_tunnel,
+        )
+        udp = transport.stats()
+        log.info(
+            "interface %s up: %d queue(s), TUN offloads %s, UDP GSO %s / GRO %s, "
+            "UDP port %d, %d peer(s), public key %s%s",
+            tun.name,
+            tun.queues,
+            "on" if tun.offloads else "off",
+            "on" if udp.gso_enabled else "off",
+            "on" if udp.gro_enabled else "off",
+            ready.listen_port,
+            len(config.peers),
+            ready.public_key,
+            ", full tunnel" if self.full_tunnel else "",
+        )
+        if hooks.dns is not None and config.dns_servers:
+            await hooks.dns.activate(self._dns_settings(tun.name, config))
+            self.dns_active = True
+        app.plugins.notify_tunnel_up(info)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(engine.run, name="engine")
+                tasks.start_soon(self._watch_handshakes, tasks.cancel_scope, name="handshakes")
+                if stop_on_signals:
+                    # start(), not start_soon(): the handlers must be in place before "tunnel
+                    # is up" is announced, or an early SIGINT is a bare KeyboardInterrupt.
+                    await tasks.start(self._signals, tasks.cancel_scope, name="signals")
+                hooks.notifier.ready(f"{tun.name} up, waiting for a handshake")
+                if hooks.on_ready is not None:
+                    hooks.on_ready(ready)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            hooks.notifier.stopping()
+            app.plugins.notify_tunnel_down(info, error)
+            _log_summary(self.device, engine)
+            log.info("interface %s going down", tun.name)
+
+    async def _dns_off(self) -> None:
+        if self.hooks.dns is not None and self.dns_active:
             try:
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(engine.run, name="engine")
-                    tasks.start_soon(_log_handshakes, device, name="handshake-log")
-                    if stop_on_signals:
-                        # start(), not start_soon(): the handlers must be in place before
-                        # "tunnel is up" is announced, or an early SIGINT is a bare
-                        # KeyboardInterrupt.
-                        await tasks.start(_stop_on_signal, tasks.cancel_scope, name="signals")
-                    if on_ready is not None:
-                        on_ready(ready)
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                app.plugins.notify_tunnel_down(info, error)
-                _log_summary(device, engine)
-                log.info("interface %s going down", tun.name)
+                await self.hooks.dns.deactivate()
+            except TunplugError as exc:
+                log.error("could not restore DNS settings: %s", exc)
+            self.dns_active = False
+
+    async def _signals(
+        self,
+        scope: anyio.CancelScope,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self._reload()
+                    continue
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                scope.cancel()
+                return
+
+    async def _reload(self) -> None:
+        """SIGHUP: re-read the configuration and apply it without recreating the device."""
+        hooks = self.hooks
+        if hooks.reload is None:
+            log.info("received SIGHUP: nothing to reload")
+            return
+        hooks.notifier.reloading()
+        try:
+            new = hooks.reload()
+            changed = restart_needed(self.config, new)
+            if changed:
+                log.error(
+                    "received SIGHUP: %s changed, which needs a restart; "
+                    "still running the previous configuration",
+                    ", ".join(changed),
+                )
+                return
+            await self._apply(new)
+        except TunplugError as exc:
+            log.error("received SIGHUP: reload failed, still running the previous one: %s", exc)
+        finally:
+            hooks.notifier.status(f"{self.tun.name} up")
+
+    async def _apply(self, new: WgQuickConfig) -> None:
+        old = self.config
+        if new.private_key != old.private_key:
+            # A new identity: a new device (sessions start over); the interface stays.
+            self.device = build_device(self.app, new)
+            self.engine.processor = self.device
+        else:
+            wanted = peer_configs(new)
+            keep = {peer.public_key for peer in wanted}
+            for peer in self.device.peer_stats():
+                if peer.public_key not in keep:
+                    self.device.remove_peer(peer.public_key)
+            for peer_config in wanted:
+                self.device.add_peer(peer_config)  # updates in place, sessions kept
+        old_routes = {n for n in allowed_networks(old) if n.prefixlen}
+        new_routes = [n for n in allowed_networks(new) if n.prefixlen]
+        await self.tun.remove_routes([n for n in old_routes if n not in set(new_routes)])
+        await self.tun.add_routes([n for n in new_routes if n not in old_routes])
+        if (old.dns_servers, old.dns_domains) != (new.dns_servers, new.dns_domains):
+            await self._dns_off()
+            if self.hooks.dns is not None and new.dns_servers:
+                await self.hooks.dns.activate(self._dns_settings(self.tun.name, new))
+                self.dns_active = True
+        self.config = new
+        log.info(
+            "received SIGHUP: configuration reloaded (%d peer(s)%s)",
+            len(new.peers),
+            ", new private key" if new.private_key != old.private_key else "",
+        )
+
+    async def _watch_handshakes(self, scope: anyio.CancelScope) -> None:
+        """Log each completed handshake once, from a timer (never from the packet path).
+
+        Also keeps systemd's STATUS= current, and ends the run for ``--exit``.
+        """
+        seen: dict[bytes, float | None] = {}
+        deadline = None
+        if self.hooks.exit_after_handshake is not None:
+            deadline = anyio.current_time() + self.hooks.exit_after_handshake
+        while True:
+            peers = self.device.peer_stats()
+            for peer in peers:
+                if (
+                    peer.last_handshake is not None
+                    and seen.get(peer.public_key) != peer.last_handshake
+                ):
+                    first = peer.public_key not in seen
+                    seen[peer.public_key] = peer.last_handshake
+                    endpoint = f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else "?"
+                    log.log(
+                        logging.INFO if first else logging.DEBUG,
+                        "handshake complete with peer %s at %s",
+                        format_key(peer.public_key)[:8] + "...",
+                        endpoint,
+                    )
+                    connected = sum(1 for p in peers if p.last_handshake is not None)
+                    self.hooks.notifier.status(
+                        f"{self.tun.name} up, {connected} of {len(peers)} peer(s) connected"
+                    )
+            if deadline is not None:
+                if peers and all(peer.last_handshake is not None for peer in peers):
+                    log.info("connected to every peer: exiting as asked (--exit)")
+                    scope.cancel()
+                    return
+                if anyio.current_time() > deadline:
+                    raise ConnectTimeout(
+                        f"no handshake with every peer within {self.hooks.exit_after_handshake:g} s"
+                        " (is the peer's endpoint reachable and its key right?)"
+                    )
+            await anyio.sleep(HANDSHAKE_LOG_INTERVAL)
 
 
 def _log_summary(device: WireGuardDevice, engine: TunnelEngine) -> None:
@@ -176,30 +406,3 @@ def _log_summary(device: WireGuardDevice, engine: TunnelEngine) -> None:
 
 #: How often the handshake log looks at the peers (not per packet: a timer).
 HANDSHAKE_LOG_INTERVAL = 0.5
-
-
-async def _log_handshakes(device: WireGuardDevice) -> None:
-    """Log each completed handshake once, from a timer (never from the packet path)."""
-    seen: dict[bytes, float | None] = {}
-    while True:
-        for peer in device.peer_stats():
-            if peer.last_handshake is not None and seen.get(peer.public_key) != peer.last_handshake:
-                seen[peer.public_key] = peer.last_handshake
-                endpoint = f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else "?"
-                log.info(
-                    "handshake complete with peer %s at %s",
-                    format_key(peer.public_key)[:8] + "...",
-                    endpoint,
-                )
-        await anyio.sleep(HANDSHAKE_LOG_INTERVAL)
-
-
-async def _stop_on_signal(
-    scope: anyio.CancelScope, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        async for signum in signals:
-            log.info("received %s: shutting down", signal.Signals(signum).name)
-            scope.cancel()
-            return

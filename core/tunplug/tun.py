@@ -171,3 +171,30 @@ class Tun(AsyncResource):
             it); routes added by this call before the failure are removed again.
         """
         raise BackendUnavailable(f"TUN backend {self.backend_name!r} cannot manage routes")
+
+    async def remove_routes(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        """Remove routes that :meth:`add_routes` added for ``networks`` (others are ignored).
+
+        Used when a reloaded configuration drops AllowedIPs.
+
+        :raises ~tunplug.exceptions.BackendUnavailable: the backend does not manage routes.
+        :raises ~tunplug.exceptions.TunError: the system refused to remove a route.
+        """
+        raise BackendUnavailable(f"TUN backend {self.backend_name!r} cannot manage routes")
+
+    async def route_all_traffic(
+        self, networks: Sequence[IPv4Network | IPv6Network], mark: int
+    ) -> None:
+        """Full tunnel: send all traffic of ``networks``' families (``0.0.0.0/0``, ``::/0``)
+        through this device, except packets carrying firewall mark ``mark``.
+
+        The tunnel's own UDP socket sets ``mark``, so its packets (and the peer endpoints)
+        still take the physical path; other routes of the main table (the local network) keep
+        working. On Linux this is policy routing: the default route in table ``mark`` and two
+        rules, like ``wg-quick``. Everything is removed when the device closes.
+
+        :raises ~tunplug.exceptions.BackendUnavailable: the backend cannot do a full tunnel.
+        :raises ~tunplug.exceptions.TunError: the system refused (e.g. the table is in use by
+            another tunnel); what this call added is removed again.
+        """
+        raise BackendUnavailable(f"TUN backend {self.backend_name!r} cannot route all traffic")

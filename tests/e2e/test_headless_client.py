@@ -23,8 +23,9 @@ def run_with_config(tmp_path: Path, text: str) -> tuple[Path, subprocess.Complet
     """Run ``standalone`` with a config file holding ``text``."""
     config = tmp_path / "wg0.conf"
     config.write_text(text)
+    config.chmod(0o600)
     result = subprocess.run(
-        [CLIENT, "standalone", "--config", str(config)],
+        [CLIENT, "standalone", "--config", str(config), "--state-dir", str(tmp_path / "state")],
         capture_output=True,
         text=True,
         timeout=30,

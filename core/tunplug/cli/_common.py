@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
 
 from tunplug.exceptions import (
     BackendUnavailable,
@@ -32,13 +34,38 @@ _LEVELS = {
 }
 
 
-def setup_logging(level: str) -> None:
-    """Human-readable logs on stderr."""
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(
+    level: str,
+    log_dir: Path | None = None,
+    *,
+    file_name: str = "tunplug.log",
+    max_bytes: int = 10 * 1024 * 1024,
+    backups: int = 5,
+) -> Path | None:
+    """Human-readable logs on stderr, and with ``log_dir`` also in a size-capped rotated file.
+
+    The directory is created (mode 0750) if needed and the file is mode 0640. Returns the log
+    file's path. :raises ConfigError: the directory or file cannot be created (``LOG_DIR``).
+    """
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    path = None
+    if log_dir is not None:
+        path = log_dir / file_name
+        try:
+            log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+            path.touch(mode=0o640, exist_ok=True)
+            handlers.append(
+                RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+            )
+        except OSError as exc:
+            raise ConfigError("LOG_DIR", f"cannot write logs to {path}: {exc.strerror}") from None
     logging.basicConfig(
-        level=_LEVELS.get(level, logging.INFO),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
+        level=_LEVELS.get(level, logging.INFO), format=LOG_FORMAT, handlers=handlers, force=True
     )
+    return path
 
 
 def run_command(prog: str, command: Callable[[], int]) -> int:

@@ -1,28 +1,42 @@
 """``tunplug-headless-client``: the client as an operator runs it on a Linux server.
 
 Who calls it: users and systemd, through the ``tunplug-headless-client`` console script.
-``standalone --config wg.conf`` connects to any WireGuard server from a wg-quick file and runs
-until SIGINT/SIGTERM, then removes its routes and device.
+``standalone`` reads a token (``TUNPLUG_TOKEN`` or the token file) or a wg-quick file
+(``--config``), brings up the interface, points DNS at the tunnel, and runs until SIGINT or
+SIGTERM; then it removes routes, rules, DNS changes and the device. SIGHUP re-reads the token
+or config file and applies it to the running device.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 
 import anyio
 
+from tunplug import __version__
 from tunplug.app import App
-from tunplug.cli._common import EXIT_OK, run_command, setup_logging
+from tunplug.cli._common import EXIT_CONFIG, EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
-from tunplug.exceptions import ConfigError
-from tunplug.node import RunningInterface, run_interface
-from tunplug.wgquick import load_wg_quick
+from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
+from tunplug.dns import DnsManager
+from tunplug.exceptions import ConfigError, PermissionDenied
+from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH, HeadlessSettings
+from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source
+from tunplug.node import InterfaceHooks, RunningInterface, is_full_tunnel, run_interface
+from tunplug.systemd import Notifier
+from tunplug.wireguard.keys import format_key
 
 PROG = "tunplug-headless-client"
 DEFAULT_INTERFACE = "tunplug0"
+#: ``--exit`` waits this long for a handshake by default.
+DEFAULT_EXIT_TIMEOUT = 30.0
+#: ``CAP_NET_ADMIN``'s bit in the capability sets (linux/capability.h).
+CAP_NET_ADMIN = 12
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +44,11 @@ FLAGS = {
     "tun_backend": "--tun",
     "tun_threads": "--tun-threads",
     "log_level": "--log-level",
+    "log_dir": "--log-dir",
+    "token_path": "--token-path",
+    "id": "--id",
+    "dns_control": "--dns-control",
+    "state_dir": "--state-dir",
 }
 
 
@@ -38,38 +57,95 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="tunplug headless client: a WireGuard-compatible VPN client for servers.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     standalone = commands.add_parser(
         "standalone",
         help="run the client in the foreground until SIGINT/SIGTERM",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Bring up a tunnel interface, carry traffic until SIGINT or SIGTERM, then "
-        "remove the routes and the device. Needs CAP_NET_ADMIN (root).",
+        "remove routes, DNS changes and the device.\nThe configuration is a token from "
+        f"'tunplug-gateway client add' ({TOKEN_VARIABLE}, or the token file), or a wg-quick "
+        "file (--config).\nSIGHUP re-reads it. Needs CAP_NET_ADMIN (root).",
+        epilog="exit status: 0 stopped cleanly (or connected, with --exit); 1 runtime failure; "
+        "2 bad configuration;\n130 interrupted before the tunnel was up.",
     )
-    standalone.add_argument(
+    source = standalone.add_argument_group("configuration")
+    source.add_argument(
+        "--token-path",
+        type=Path,
+        metavar="FILE",
+        help=f"file holding the token, root-owned with mode 600 (TUNPLUG_TOKEN_PATH, default "
+        f"{DEFAULT_TOKEN_PATH}); the {TOKEN_VARIABLE} variable wins over it",
+    )
+    source.add_argument(
         "--config",
         metavar="FILE",
-        required=True,
-        help="wg-quick configuration file ([Interface] and [Peer] sections) of any WireGuard "
-        "server",
+        type=Path,
+        help="a wg-quick file ([Interface] and [Peer]) of any WireGuard server, instead of a "
+        "token; root-owned, mode 600",
     )
-    standalone.add_argument(
+    source.add_argument(
+        "--id",
+        help="device id shown to gateways and GUIs (TUNPLUG_ID; default: generated once and "
+        "stored in the state directory)",
+    )
+    source.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"state: device id, DNS backups (TUNPLUG_STATE_DIR, default {DEFAULT_STATE_DIR})",
+    )
+    device = standalone.add_argument_group("device")
+    device.add_argument(
         "--interface",
         default=DEFAULT_INTERFACE,
         help=f"interface name (default {DEFAULT_INTERFACE}); refused if it already exists",
     )
-    standalone.add_argument(
+    device.add_argument(
         "--tun", dest="tun_backend", help="TUN backend (TUNPLUG_TUN_BACKEND, default auto)"
     )
-    standalone.add_argument(
+    device.add_argument(
         "--tun-threads",
         type=int,
         help="device queues, one reader and one writer thread each "
         "(TUNPLUG_TUN_THREADS, default 1)",
     )
-    standalone.add_argument(
+    device.add_argument(
+        "--dns-control",
+        help="how DNS servers reach the system: systemd-resolved, etc-resolv-conf, disabled, "
+        "or auto (TUNPLUG_DNS_CONTROL, default auto: systemd-resolved when it runs, else "
+        "etc-resolv-conf)",
+    )
+    logs = standalone.add_argument_group("logs")
+    logs.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write rotated log files there (LOG_DIR; default: stderr only)",
+    )
+    logs.add_argument(
         "--log-level",
         choices=["trace", "debug", "info", "warning", "error"],
         help="log verbosity (TUNPLUG_LOG, default info)",
+    )
+    mode = standalone.add_argument_group("mode")
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help="validate everything, print what would run, and exit (0 good, 2 bad)",
+    )
+    mode.add_argument(
+        "--exit",
+        action="store_true",
+        help="exit 0 as soon as every peer has completed a handshake (for scripts)",
+    )
+    mode.add_argument(
+        "--exit-timeout",
+        type=float,
+        default=DEFAULT_EXIT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"with --exit: fail (status 1) after this long (default {DEFAULT_EXIT_TIMEOUT:g})",
     )
     return parser
 
@@ -78,18 +154,148 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        settings = load_settings({field: getattr(args, field) for field in FLAGS}, flags=FLAGS)
-        setup_logging(settings.log_level)
-        config = load_wg_quick(args.config)
-        if not config.peers:
-            raise ConfigError(args.config, "has no [Peer] section: nothing to connect to")
-        app = App(settings)
-        anyio.run(
-            partial(run_interface, app, config, name=args.interface, on_ready=_announce),
+        overrides = {field: getattr(args, field) for field in FLAGS}
+        settings = load_settings(overrides, flags=FLAGS, model=HeadlessSettings)
+        setup_logging(
+            settings.log_level,
+            None if args.check else settings.log_dir,
+            file_name=f"{PROG}.log",
+            max_bytes=settings.log_max_bytes,
+            backups=settings.log_backups,
         )
+        source = ConfigSource(args.config, settings.token_path)
+        loaded = source.load()
+        if not loaded.config.peers:
+            raise ConfigError(loaded.origin, "has no [Peer] section: nothing to connect to")
+        app = App(settings)
+        app.tun_backend()  # an unknown or unavailable backend is a configuration error
+        dns_name = choose_dns_manager(app, settings.dns_control, loaded)
+        if args.check:
+            return check(app, settings, args, loaded, dns_name)
+        require_net_admin()
+        device_id = settings.id and validate_device_id(settings.id, "--id")
+        device_id = device_id or load_or_create_device_id(settings.state_dir)
+        log.info(
+            "tunplug %s, device id %s, configuration from %s%s",
+            __version__,
+            device_id,
+            loaded.origin,
+            f" (client {loaded.client_name!r})" if loaded.client_name else "",
+        )
+        hooks = InterfaceHooks(
+            on_ready=_announce,
+            reload=source.reload,
+            dns=dns_manager(app, dns_name, settings.state_dir),
+            notifier=Notifier(),
+            full_tunnel_mark=settings.full_tunnel_table,
+            exit_after_handshake=args.exit_timeout if args.exit else None,
+        )
+        anyio.run(partial(run_interface, app, loaded.config, name=args.interface, hooks=hooks))
         return EXIT_OK
 
     return run_command(PROG, command)
+
+
+def choose_dns_manager(app: App, name: str, loaded: Source) -> str:
+    """The DNS manager to use: ``auto`` resolved, the name checked (:raises ConfigError:)."""
+    managers = app.plugins.dns_managers()
+    if name == "auto":
+        name = next(
+            (
+                candidate
+                for candidate in ("systemd-resolved", "etc-resolv-conf")
+                if candidate in managers and managers[candidate].unavailable_reason() is None
+            ),
+            "disabled",
+        )
+    if name not in managers:
+        known = ", ".join(sorted(managers))
+        raise ConfigError("--dns-control", f"unknown DNS manager {name!r} (installed: {known})")
+    reason = managers[name].unavailable_reason()
+    if reason and loaded.config.dns_servers:
+        raise ConfigError("--dns-control", f"DNS manager {name!r} cannot run here: {reason}")
+    return name
+
+
+def dns_manager(app: App, name: str, state_dir: Path) -> DnsManager:
+    """The manager, with its private state directory (mode 0700) created."""
+    directory = state_dir / "dns"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--state-dir", f"cannot create {directory}: {exc.strerror}") from None
+    return app.dns_manager(name, directory)
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN (Linux); True elsewhere (not checked)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_NET_ADMIN & 1)
+    except OSError:
+        return True
+    return True
+
+
+def require_net_admin() -> None:
+    """:raises PermissionDenied: CAP_NET_ADMIN is missing, saying how to get it."""
+    if not has_net_admin():
+        raise PermissionDenied(
+            "CAP_NET_ADMIN is missing: run as root, or grant it "
+            "(systemd: AmbientCapabilities=CAP_NET_ADMIN; shell: "
+            "setpriv --inh-caps +net_admin --ambient-caps +net_admin ...)"
+        )
+
+
+def check(
+    app: App, settings: HeadlessSettings, args: argparse.Namespace, loaded: Source, dns: str
+) -> int:
+    """``--check``: print what would run; 0 when it could, 2 (and why) when it could not."""
+    config = loaded.config
+    backend = app.tun_backend()
+    if settings.id:
+        identity = f"{validate_device_id(settings.id, '--id')} (from --id)"
+    else:
+        path = device_id_path(settings.state_dir)
+        identity = f"stored in {path}" if path.exists() else f"would be created in {path}"
+    lines = [
+        f"configuration: {loaded.origin}"
+        + (f" (client {loaded.client_name!r})" if loaded.client_name else ""),
+        f"device id: {identity}",
+        f"interface: {args.interface} via {backend.backend_name}, "
+        f"{settings.tun_threads} queue(s), MTU {config.mtu or 'default'}",
+        f"addresses: {', '.join(map(str, config.addresses)) or 'none'}",
+    ]
+    for peer in config.peers:
+        lines.append(
+            f"peer {format_key(peer.public_key)[:8]}...: endpoint "
+            f"{peer.endpoint_text or 'none (waits for the peer)'}, AllowedIPs "
+            f"{', '.join(map(str, peer.allowed_ips)) or 'none'}"
+        )
+    full = is_full_tunnel(config)
+    lines.append(
+        f"full tunnel: yes (policy routing, table and fwmark {settings.full_tunnel_table})"
+        if full
+        else "full tunnel: no"
+    )
+    servers = ", ".join(map(str, config.dns_servers))
+    lines.append(f"DNS: {servers} via {dns}" if servers else "DNS: none in the configuration")
+    lines.append(f"logs: stderr{f' and {settings.log_dir}' if settings.log_dir else ''}")
+    problems = []
+    if not has_net_admin():
+        problems.append("CAP_NET_ADMIN is missing: run as root")
+    for line in lines:
+        print(f"  {line}")
+    if problems:
+        for problem in problems:
+            print(f"{PROG}: error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{PROG}: configuration OK")
+    return EXIT_OK
 
 
 def _announce(running: RunningInterface) -> None:

@@ -157,7 +157,14 @@ class TunplugEndpoint(Endpoint):
         config.write_text("\n".join(lines) + "\n")
         config.chmod(0o600)
         client = Path(sys.executable).with_name("tunplug-headless-client")
-        env = {**os.environ, "TUNPLUG_DISABLE_PLUGIN_AUTOLOAD": "1", **self.env}
+        env = {
+            **os.environ,
+            "TUNPLUG_DISABLE_PLUGIN_AUTOLOAD": "1",
+            # Never the host's /var/lib or resolver: state in the work directory, DNS off.
+            "TUNPLUG_STATE_DIR": str(self.workdir / f"state-{self.side}"),
+            "TUNPLUG_DNS_CONTROL": "disabled",
+            **self.env,
+        }
         with self.log_path.open("wb") as log:
             self.process = self.ns.popen(
                 str(client), "standalone", "--config", str(config), "--interface", self.ifname,

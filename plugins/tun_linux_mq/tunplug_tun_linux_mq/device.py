@@ -80,7 +80,7 @@ if TYPE_CHECKING:
     import select
     from collections.abc import Callable
 
-    from tunplug_tun_linux_mq.netlink import Route
+    from tunplug_tun_linux_mq.netlink import Route, Rule
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,14 @@ TX_QUEUE_BATCHES = 4
 READ_SIZE = 65535
 #: How long :meth:`LinuxMultiQueueTun.aclose` waits for each thread to stop.
 JOIN_TIMEOUT_SECONDS = 5.0
+
+#: Priority of the full-tunnel rules (``suppress_prefixlength`` rule, then the fwmark rule):
+#: before the main table's 32766, like ``wg-quick``'s.
+RULE_PRIORITY = 32764
+#: The kernel's main routing table.
+MAIN_TABLE_ID = 254
+#: Lets reverse-path filtering accept replies to marked packets (``wg-quick`` sets it too).
+SRC_VALID_MARK = "/proc/sys/net/ipv4/conf/all/src_valid_mark"
 
 #: Errors that mean the device itself is gone; any other write error only drops the packet.
 _DEVICE_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
@@ -175,6 +183,8 @@ class LinuxMultiQueueTun(Tun):
         self._closed_error = ClosedResource(f"TUN device {name!r} is closed")
         self._failure: TunError | None = None
         self._routes: list[Route] = []
+        self._rules: list[Rule] = []
+        self._sysctl_restore: dict[str, str] = {}
         self._counters = [_Counters() for _ in fds]
         self._send_drops: Counter[str] = Counter()
         self._inbound = Inbound(loop, RX_QUEUE_BATCHES * self.queues)
@@ -276,6 +286,53 @@ class LinuxMultiQueueTun(Tun):
         with anyio.CancelScope(shield=True):
             added = await anyio.to_thread.run_sync(netlink.add_routes, self.name, networks)
         self._routes.extend(added)
+
+    async def remove_routes(self, networks: Sequence[IPv4Network | IPv6Network]) -> None:
+        """Remove the routes :meth:`add_routes` added for ``networks``."""
+        from tunplug_tun_linux_mq import netlink
+
+        self._check_open()
+        wanted = set(networks)
+        going = [route for route in self._routes if route.network in wanted]
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(netlink.remove_routes, going)
+        self._routes = [route for route in self._routes if route not in going]
+
+    async def route_all_traffic(
+        self, networks: Sequence[IPv4Network | IPv6Network], mark: int
+    ) -> None:
+        """Full tunnel with policy routing (see :meth:`Tun.route_all_traffic`).
+
+        Like ``wg-quick``: the default route of each family goes into table ``mark``; rule
+        ``not fwmark mark lookup mark`` sends unmarked packets there, and a rule before it,
+        ``lookup main suppress_prefixlength 0``, keeps every main-table route except the
+        default one. Rules left by a run that was killed are replaced.
+        """
+        from tunplug_tun_linux_mq import netlink
+
+        self._check_open()
+        defaults = [network for network in networks if network.prefixlen == 0]
+        families = sorted({network.version for network in defaults})
+        rules = [
+            rule
+            for family in families
+            for rule in (
+                netlink.Rule(family, RULE_PRIORITY, MAIN_TABLE_ID, suppress_prefixlength=0),
+                netlink.Rule(family, RULE_PRIORITY + 1, mark, fwmark=mark, invert=True),
+            )
+        ]
+
+        def apply() -> None:
+            routes = netlink.add_routes(self.name, defaults, table=mark)
+            self._routes.extend(routes)
+            netlink.remove_rules(rules)  # leftovers of a killed run: same rules, same table
+            self._rules.extend(netlink.add_rules(rules))
+            if 4 in families:
+                self._sysctl_restore.update(_set_sysctl(SRC_VALID_MARK, "1"))
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(apply)
+        log.info("full tunnel through %s: %s", self.name, "; ".join(map(str, rules)))
 
     @property
     def routes(self) -> list[Route]:
@@ -483,6 +540,17 @@ class LinuxMultiQueueTun(Tun):
             return True
 
     def _join_and_release(self) -> None:
+        if self._rules:
+            from tunplug_tun_linux_mq import netlink
+
+            try:
+                netlink.remove_rules(self._rules)
+            except TunError as exc:
+                log.error("%s: remove it with 'ip rule del'", exc)
+            self._rules.clear()
+        for path, value in self._sysctl_restore.items():
+            _set_sysctl(path, value)
+        self._sysctl_restore.clear()
         if self._routes:
             from tunplug_tun_linux_mq import netlink
 
@@ -503,6 +571,21 @@ class LinuxMultiQueueTun(Tun):
             return
         for fd in (*self._fds, self._stop_read, self._stop_write):
             os.close(fd)
+
+
+def _set_sysctl(path: str, value: str) -> dict[str, str]:
+    """Write ``value`` to ``path``; returns ``{path: old value}`` when it changed anything."""
+    try:
+        with open(path, encoding="ascii") as file:
+            old = file.read().strip()
+        if old == value:
+            return {}
+        with open(path, "w", encoding="ascii") as file:
+            file.write(value)
+    except OSError as exc:
+        log.warning("cannot set %s to %s: %s", path, value, exc.strerror)
+        return {}
+    return {path: old}
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop:

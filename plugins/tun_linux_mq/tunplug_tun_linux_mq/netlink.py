@@ -71,6 +71,51 @@ class Route:
         return cls(ip_network(data["network"]), data["ifname"], data["table"], data["metric"])
 
 
+#: ``FIB_RULE_INVERT``: the rule matches packets that do *not* match its selectors.
+FIB_RULE_INVERT = 0x2
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A policy routing rule (``ip rule``) this module added.
+
+    ``fwmark`` with ``invert`` is ``not fwmark X``; ``suppress_prefixlength`` 0 makes a lookup
+    ignore default routes (so the main table decides everything but the default route).
+    """
+
+    family: int  # 4 or 6
+    priority: int
+    table: int
+    fwmark: int | None = None
+    invert: bool = False
+    suppress_prefixlength: int | None = None
+
+    def __str__(self) -> str:
+        selector = "from all"
+        if self.fwmark is not None:
+            selector = f"{'not ' if self.invert else ''}fwmark {self.fwmark:#x}"
+        suppress = (
+            ""
+            if self.suppress_prefixlength is None
+            else f" suppress_prefixlength {self.suppress_prefixlength}"
+        )
+        return f"-{self.family} {self.priority}: {selector} lookup {self.table}{suppress}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "priority": self.priority,
+            "table": self.table,
+            "fwmark": self.fwmark,
+            "invert": self.invert,
+            "suppress_prefixlength": self.suppress_prefixlength,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Rule:
+        return cls(**data)
+
+
 def configure_interface(
     name: str,
     addresses: Iterable[Interface] = (),
@@ -129,6 +174,32 @@ def remove_routes(routes: Sequence[Route]) -> None:
     if not routes:
         return
     _call_child("remove_routes", routes=[route.as_json() for route in routes])
+
+
+def add_rules(rules: Sequence[Rule]) -> list[Rule]:
+    """Add policy routing rules; returns them for :func:`remove_rules`.
+
+    :raises TunError: a rule could not be added (e.g. the same rule exists: another tunnel
+        uses the table); the rules added before the failure are removed again.
+    """
+    if not rules:
+        return []
+    added = _call_child("add_rules", rules=[rule.as_json() for rule in rules])
+    return [Rule.from_json(rule) for rule in added]
+
+
+def remove_rules(rules: Sequence[Rule]) -> None:
+    """Remove rules returned by :func:`add_rules`; rules already gone are fine.
+
+    :raises TunError: a rule exists but could not be removed (the others are still tried).
+    """
+    if rules:
+        _call_child("remove_rules", rules=[rule.as_json() for rule in rules])
+
+
+def table_in_use(table: int) -> bool:
+    """Whether any route or rule (IPv4 or IPv6) already uses routing table ``table``."""
+    return bool(_call_child("table_in_use", table=table))
 
 
 def _call_child(op: str, **arguments: Any) -> Any:

@@ -35,10 +35,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 from tunplug.exceptions import TunError
 from tunplug_tun_linux_mq.netlink import (
     DEFAULT_TXQUEUELEN,
+    FIB_RULE_INVERT,
     MAIN_TABLE,
     Interface,
     Network,
     Route,
+    Rule,
 )
 
 _RTPROT_KERNEL = 2  # routes the kernel adds itself, e.g. the prefix of an address
@@ -79,6 +81,13 @@ def handle(request: dict[str, Any]) -> Any:
     if op == "remove_routes":
         remove_routes([Route.from_json(r) for r in request["routes"]])
         return None
+    if op == "add_rules":
+        return [rule.as_json() for rule in add_rules([Rule.from_json(r) for r in request["rules"]])]
+    if op == "remove_rules":
+        remove_rules([Rule.from_json(r) for r in request["rules"]])
+        return None
+    if op == "table_in_use":
+        return table_in_use(request["table"])
     raise ValueError(f"unknown op {op!r}")
 
 
@@ -167,6 +176,70 @@ def remove_routes(routes: Sequence[Route]) -> None:
         return
     with _iproute() as ipr:
         _remove_routes(ipr, routes)
+
+
+def add_rules(rules: Sequence[Rule]) -> list[Rule]:
+    """Add ``rules`` in order; on failure remove those added and raise."""
+    added: list[Rule] = []
+    with _iproute() as ipr:
+        try:
+            for rule in rules:
+                with _netlink_errors(f"add rule {rule}"):
+                    ipr.rule("add", **_rule_spec(rule))
+                added.append(rule)
+        except BaseException:
+            _remove_rules(ipr, added)
+            raise
+    return added
+
+
+def remove_rules(rules: Sequence[Rule]) -> None:
+    """Remove ``rules``; rules already gone are fine."""
+    with _iproute() as ipr:
+        _remove_rules(ipr, rules)
+
+
+def _remove_rules(ipr: Any, rules: Sequence[Rule]) -> None:
+    first_error: TunError | None = None
+    for rule in reversed(rules):
+        try:
+            with _netlink_errors(f"remove rule {rule}"):
+                ipr.rule("del", **_rule_spec(rule))
+        except TunError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ESRCH) and first_error is None:
+                first_error = exc
+    if first_error is not None:
+        raise first_error
+
+
+def _rule_spec(rule: Rule) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "family": 2 if rule.family == 4 else 10,
+        "priority": rule.priority,
+        "table": rule.table,
+    }
+    if rule.fwmark is not None:
+        spec["fwmark"] = rule.fwmark
+        spec["fwmask"] = 0xFFFFFFFF
+    if rule.invert:
+        spec["flags"] = FIB_RULE_INVERT
+    if rule.suppress_prefixlength is not None:
+        # pyroute2 0.9 has no keyword for it; the attribute name is passed through as is.
+        spec["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
+    return spec
+
+
+def table_in_use(table: int) -> bool:
+    """Whether a route or rule of either family refers to ``table``."""
+    with _iproute() as ipr:
+        for family in (2, 10):
+            for message in ipr.route("dump", family=family):
+                if _message_table(message) == table:
+                    return True
+            for message in ipr.get_rules(family=family):
+                if (message.get_attr("FRA_TABLE") or message["table"]) == table:
+                    return True
+    return False
 
 
 def _remove_routes(ipr: Any, routes: Sequence[Route]) -> None:

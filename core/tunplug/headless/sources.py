@@ -1,0 +1,67 @@
+"""Where the headless client's configuration comes from: a token, or a wg-quick file.
+
+Who calls it: :mod:`tunplug.cli.headless`, at start-up and on SIGHUP. The order, as in
+Firezone's headless client: ``--config FILE`` when given; else the ``TUNPLUG_TOKEN`` variable
+(read once, then removed from the process environment so that child processes never see it);
+else the token file. Files holding secrets must pass :func:`~tunplug.secure_files.
+check_private_file`. Nothing here logs or prints a token or key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunplug import token
+from tunplug.exceptions import ConfigError
+from tunplug.secure_files import check_private_file, read_private_file
+from tunplug.wgquick import WgQuickConfig, load_wg_quick
+
+TOKEN_VARIABLE = "TUNPLUG_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A configuration and a description of where it came from (for logs and ``--check``)."""
+
+    config: WgQuickConfig
+    origin: str
+    #: The client's name at the gateway, when the source is a token.
+    client_name: str | None = None
+
+
+class ConfigSource:
+    """Reads the configuration now and again on reload, from the same place."""
+
+    def __init__(self, config_path: Path | None, token_path: Path) -> None:
+        self.config_path = config_path
+        self.token_path = token_path
+        # Taken from the environment once, so a reload (and children) never see it again.
+        self._token_from_env = os.environ.pop(TOKEN_VARIABLE, None)
+
+    def load(self) -> Source:
+        """The configuration as it is now.
+
+        :raises ConfigError: no token or config, a file open to others, or malformed content.
+        """
+        if self.config_path is not None:
+            check_private_file(self.config_path, "--config")
+            return Source(load_wg_quick(self.config_path), f"config file {self.config_path}")
+        if self._token_from_env is not None:
+            client = token.decode(self._token_from_env, TOKEN_VARIABLE)
+            return Source(client.to_config(), f"{TOKEN_VARIABLE} variable", client.name)
+        if not self.token_path.exists():
+            raise ConfigError(
+                "--token-path",
+                f"no token: {self.token_path} does not exist; put the token from "
+                f"'tunplug-gateway client add' there (mode 600), set {TOKEN_VARIABLE}, "
+                "or use --config with a wg-quick file",
+            )
+        text = read_private_file(self.token_path, "--token-path")
+        client = token.decode(text, str(self.token_path))
+        return Source(client.to_config(), f"token file {self.token_path}", client.name)
+
+    def reload(self) -> WgQuickConfig:
+        """SIGHUP: the file again (a token from the variable cannot change; it is reused)."""
+        return self.load().config
