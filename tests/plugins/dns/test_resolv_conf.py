@@ -57,9 +57,7 @@ async def test_activate_writes_marker_servers_and_search_then_deactivate_restore
     await manager.activate(settings("10.0.0.1", "fd00::53", domains=("corp.example", "lab.test")))
 
     written = lines(resolv)
-    assert written[0] == (
-        f"{MARKER_PREFIX}tun-test: restored on exit (backup in {state_dir})"
-    )
+    assert written[0] == f"{MARKER_PREFIX}tun-test: restored on exit (backup in {state_dir})"
     assert written[1:] == [
         "nameserver 10.0.0.1",
         "nameserver fd00::53",
