@@ -40,7 +40,8 @@ def check_settings(settings: DnsSettings) -> None:
     :raises DnsError: the first bad value, named.
     """
     name = settings.interface
-    if not name or name.startswith("-") or any(c in name for c in "/\\\n\r\t\0 "):
+    # Spaces are allowed: Windows adapter names have them (Linux refuses them itself).
+    if not name or name.startswith("-") or any(c in "/\\" or not c.isprintable() for c in name):
         raise DnsError(f"DNS: invalid interface name {name!r}")
     for domain in settings.domains:
         if not _DOMAIN.match(domain):

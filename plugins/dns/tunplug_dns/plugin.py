@@ -1,4 +1,8 @@
-"""Registers the builtin DNS managers."""
+"""Registers the builtin DNS managers; ``disabled`` lives here, the others in their modules.
+
+Who calls it: the plugin host, through ``tunplug_register_dns_managers`` (builtin plugin
+``dns``). Importing it imports no platform module, so every manager is listed on every OS.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import Sequence
 
 from tunplug import hookimpl
 from tunplug.dns import DnsManager, DnsSettings
+from tunplug_dns.nrpt import WindowsNrpt
+from tunplug_dns.resolv_conf import EtcResolvConf
+from tunplug_dns.resolved import SystemdResolved
 
 log = logging.getLogger(__name__)
 
@@ -31,4 +38,4 @@ class DisabledDns(DnsManager):
 
 @hookimpl
 def tunplug_register_dns_managers() -> Sequence[type[DnsManager]]:
-    return [DisabledDns]
+    return [DisabledDns, EtcResolvConf, SystemdResolved, WindowsNrpt]

@@ -77,7 +77,7 @@ class SystemdResolved(DnsManager):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if shutil.which(cls.resolvectl) is None:
-            return f"{cls.resolvectl} is not installed (no such command on PATH)"
+            return f"{cls.resolvectl} not found on PATH"
         if not cls.runtime_dir.is_dir():
             return f"systemd-resolved is not running ({cls.runtime_dir} does not exist)"
         return None

@@ -196,6 +196,4 @@ def test_unavailable_reason_names_what_is_missing(fake, monkeypatch, tmp_path):
     monkeypatch.setattr(SystemdResolved, "runtime_dir", tmp_path)
     assert SystemdResolved.unavailable_reason() is None
     monkeypatch.setenv("PATH", "/nonexistent")
-    assert SystemdResolved.unavailable_reason() == (
-        "resolvectl is not installed (no such command on PATH)"
-    )
+    assert SystemdResolved.unavailable_reason() == "resolvectl not found on PATH"
