@@ -150,6 +150,10 @@ class TunnelEngine:
             await self.transport.send_many(datagrams)
             self.stats.datagrams_sent += len(datagrams)
 
+    def wake_timers(self) -> None:
+        """The processor's timers changed from outside (e.g. ``connect()``): look again now."""
+        self._deadline_may_have_moved()
+
     def _deadline_may_have_moved(self) -> None:
         deadline = self.processor.next_deadline()
         if deadline is not None and deadline < self._timer_target:

@@ -243,9 +243,12 @@ class _Runner:
             await hooks.dns.activate(self._dns_settings(tun.name, config))
             self.dns_active = True
         app.plugins.notify_tunnel_up(info)
+        # Handshake at once rather than at the first packet: a client knows it is connected.
+        self.device.connect()
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(engine.run, name="engine")
+                engine.wake_timers()
                 tasks.start_soon(self._watch_handshakes, tasks.cancel_scope, name="handshakes")
                 if stop_on_signals:
                     # start(), not start_soon(): the handlers must be in place before "tunnel

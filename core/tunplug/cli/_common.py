@@ -68,10 +68,23 @@ def setup_logging(
     return path
 
 
+def _unwrapped(command: Callable[[], int]) -> int:
+    """Run ``command``; an error that escaped a task group alone is raised as itself."""
+    try:
+        return command()
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if leaf is group:
+            raise
+        raise leaf from None
+
+
 def run_command(prog: str, command: Callable[[], int]) -> int:
     """Run ``command``, turning tunplug's errors into one line on stderr and an exit code."""
     try:
-        return command()
+        return _unwrapped(command)
     except (ConfigError, BackendUnavailable, PluginError, BusyResource) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

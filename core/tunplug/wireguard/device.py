@@ -162,6 +162,16 @@ class WireGuardDevice:
         self._indices.zero_and_flush(peer)
         peer.timers.stop_all()
 
+    def connect(self) -> None:
+        """Start a handshake with every peer that has an endpoint, at the next :meth:`tick`.
+
+        WireGuard itself waits for the first packet to send; a client that wants to know at
+        once whether it can reach its peers (``--exit``, status for a GUI) calls this.
+        """
+        for peer in self._peers.values():
+            if peer.endpoint is not None and peer.current is None:
+                peer.timers.new_handshake = float("-inf")
+
     def peer_stats(self) -> list[PeerStats]:
         """One entry per peer, in the order they were added."""
         return [
