@@ -200,6 +200,7 @@ class EtcResolvConf(DnsManager):
                 "path": str(self.path),
                 "interface": settings.interface,
                 "marker": marker,
+                "written_base64": base64.b64encode(content).decode("ascii"),
                 "original": original.to_json(),
             }
         )
@@ -227,6 +228,7 @@ class EtcResolvConf(DnsManager):
         try:
             path = Path(backup["path"])
             marker = str(backup["marker"]).encode()
+            written = base64.b64decode(backup.get("written_base64", ""))
             original = FileState.from_json(backup["original"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DnsError(
@@ -234,9 +236,11 @@ class EtcResolvConf(DnsManager):
                 "file by hand and delete the backup"
             ) from exc
         current = read_state(path)
+        # A crash in the middle of an in-place write leaves a beginning of what we wrote.
+        torn = current.kind == "file" and bool(written) and written.startswith(current.content)
         if current.same_as(original):
             pass  # never replaced, or already put back before a crash: nothing to undo
-        elif current.first_line() == marker:
+        elif current.first_line() == marker or torn:
             if leftover:
                 log.warning(
                     "restoring resolver file %s left by a previous run that did not exit cleanly",

@@ -166,6 +166,16 @@ async def test_a_crash_between_backup_and_write_leaves_nothing_to_undo(
     assert not (state_dir / BACKUP_FILE).exists()
 
 
+async def test_a_crash_in_the_middle_of_an_in_place_write_is_recovered(resolv, state_dir):
+    manager = EtcResolvConf(state_dir, path=resolv)
+    await manager.activate(settings("10.0.0.1"))
+    ours = resolv.read_bytes()
+    resolv.write_bytes(ours[:7])  # what SIGKILL during a truncate-and-write can leave
+    await EtcResolvConf(state_dir, path=resolv).activate(settings("10.0.0.2"))
+    await EtcResolvConf(state_dir, path=resolv).deactivate()
+    assert resolv.read_bytes() == ORIGINAL
+
+
 async def test_more_than_three_servers_writes_three_and_warns(resolv, state_dir, caplog):
     manager = EtcResolvConf(state_dir, path=resolv)
     with caplog.at_level(logging.WARNING):
