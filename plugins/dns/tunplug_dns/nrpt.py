@@ -313,14 +313,17 @@ class WinRegistry:
     def flush_resolver_cache(self) -> None:
         if sys.platform != "win32":
             raise BackendUnavailable("flushing the DNS cache needs Windows")
-        result = subprocess.run(
-            ["ipconfig", "/flushdns"],
-            capture_output=True,
-            text=True,
-            timeout=FLUSH_TIMEOUT_SECONDS,
-            check=False,
-            creationflags=subprocess.CREATE_NO_WINDOW,
-        )
+        try:
+            result = subprocess.run(
+                ["ipconfig", "/flushdns"],
+                capture_output=True,
+                text=True,
+                timeout=FLUSH_TIMEOUT_SECONDS,
+                check=False,
+                creationflags=subprocess.CREATE_NO_WINDOW,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise OSError(f"ipconfig /flushdns took over {FLUSH_TIMEOUT_SECONDS:g}s") from exc
         if result.returncode != 0:
             raise OSError(f"ipconfig /flushdns failed: {result.stdout.strip()}")
 
