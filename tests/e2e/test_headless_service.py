@@ -3,6 +3,7 @@ SIGHUP, DNS restore after SIGKILL, full tunnel, unprivileged with only CAP_NET_A
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -287,10 +288,19 @@ def test_full_tunnel_reaches_a_network_only_the_peer_can_route_to(three_namespac
     # Reached through the tunnel only (the resource has no route to the underlay's client).
     result = net.ping("a", RESOURCE_V4, count=5)
     assert result.returncode == 0, result.stdout + result.stderr
+    # TCP to a service in the resource namespace: it sees the client's tunnel address, so
+    # the traffic came through the gateway's tunnel.
+    server = resource.popen(
+        "iperf3", "-s", "-1", "-J", "-B", RESOURCE_V4,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    time.sleep(0.3)
+    sent = client.ns.run("iperf3", "-c", RESOURCE_V4, "-t", "2", "-J", timeout=40)
+    assert json.loads(sent.stdout)["end"]["sum_received"]["bytes"] > 0
+    out, _ = server.communicate(timeout=20)
+    assert json.loads(out)["start"]["connected"][0]["remote_host"] == TUNNEL["a"][0]
     # The tunnel's own UDP packets went out on veth (not looped into the tunnel): the
-    # gateway sees them arrive from the client's underlay address.
-    report = net.iperf3(seconds=2)
-    assert report["end"]["sum_received"]["bytes"] > 0
+    # gateway saw them arrive from the client's underlay address.
     assert f"handshake complete with peer {net.a.keys.public[:8]}... at {UNDERLAY['a'][0]}:" in (
         net.b.log()
     )
