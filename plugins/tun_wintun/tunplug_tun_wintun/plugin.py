@@ -1,21 +1,12 @@
-"""Registers the ``wintun`` TUN backend (a placeholder until the Windows backend is built)."""
+"""Registers the ``wintun`` TUN backend with tunplug (builtin plugin ``tun-wintun``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tunplug import hookimpl
-from tunplug._placeholder import PlaceholderTun
+from tunplug._marker import hookimpl
 from tunplug.tun import Tun
-
-
-class WintunTun(PlaceholderTun):
-    """Windows WinTun adapter (planned: ctypes over wintun.dll with its own receive thread)."""
-
-    backend_name = "wintun"
-    description = "Windows WinTun adapter via ctypes (not implemented yet)"
-    platform = "win32"
-    platform_name = "Windows"
+from tunplug_tun_wintun.device import WintunTun
 
 
 @hookimpl

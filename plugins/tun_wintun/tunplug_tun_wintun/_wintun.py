@@ -1,0 +1,276 @@
+"""A ctypes binding of wintun.dll (https://www.wintun.net), checked against ``api/wintun.h``.
+
+Who calls it: :mod:`tunplug_tun_wintun.device` (through :class:`WintunLibrary`), and the tests,
+which compare :func:`wintun_prototypes` with the header and run the binding over the fake DLL
+of :mod:`tunplug_tun_wintun.testing`.
+
+:class:`WintunLibrary` wraps any object with the 14 exported functions: ``ctypes.WinDLL``
+loaded with ``use_last_error=True`` on Windows (errors are read with
+``ctypes.get_last_error``), or the fake. Its methods return Python values and raise
+:class:`~tunplug.exceptions.TunError` subclasses carrying the Windows error code; the two
+"errors" that are normal flow come back as ``None``: an empty receive ring
+(``ERROR_NO_MORE_ITEMS``) and a full send ring (``ERROR_BUFFER_OVERFLOW``).
+
+This module imports on every OS; nothing here loads a DLL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tunplug.exceptions import ConfigError
+from tunplug_tun_wintun._win32 import (
+    BOOL,
+    BYTE_P,
+    DWORD,
+    DWORD64,
+    ERROR_BUFFER_OVERFLOW,
+    ERROR_NO_MORE_ITEMS,
+    GUID,
+    HANDLE,
+    LPCWSTR,
+    NET_LUID,
+    FuncTypeFactory,
+    Prototype,
+    bind,
+    windows_error,
+)
+
+log = logging.getLogger(__name__)
+
+#: Ring capacity bounds (bytes, each a power of two), from wintun.h.
+WINTUN_MIN_RING_CAPACITY = 0x20000  # 128 KiB
+WINTUN_MAX_RING_CAPACITY = 0x4000000  # 64 MiB
+#: The largest packet a ring carries, from wintun.h.
+WINTUN_MAX_IP_PACKET_SIZE = 0xFFFF
+#: ``WINTUN_LOGGER_LEVEL``: INFO, WARN, ERR.
+WINTUN_LOG_INFO, WINTUN_LOG_WARN, WINTUN_LOG_ERR = 0, 1, 2
+#: Adapter names hold up to ``MAX_ADAPTER_NAME - 1`` characters (MAX_ADAPTER_NAME is 128).
+MAX_ADAPTER_NAME_LENGTH = 127
+
+#: The setting that overrides the ring capacity, and the one that names wintun.dll.
+RING_CAPACITY_ENV = "TUNPLUG_WINTUN_RING_CAPACITY"
+DLL_ENV = "TUNPLUG_WINTUN_DLL"
+DLL_NAME = "wintun.dll"
+DLL_SOURCE = "https://www.wintun.net"
+
+
+def wintun_prototypes(functype: FuncTypeFactory) -> dict[str, Prototype]:
+    """Every wintun.dll export with its result and argument types, as in wintun.h.
+
+    ``functype`` makes the logger callback's type (``ctypes.WINFUNCTYPE`` on Windows). The
+    callback type is the single argument type of ``WintunSetLogger``.
+    """
+    # VOID (CALLBACK *)(WINTUN_LOGGER_LEVEL Level, DWORD64 Timestamp, LPCWSTR Message)
+    logger_callback = functype(None, ctypes.c_int, DWORD64, LPCWSTR)
+    adapter = session = HANDLE  # WINTUN_ADAPTER_HANDLE, WINTUN_SESSION_HANDLE: opaque pointers
+    return {
+        "WintunCreateAdapter": Prototype(adapter, (LPCWSTR, LPCWSTR, ctypes.POINTER(GUID))),
+        "WintunOpenAdapter": Prototype(adapter, (LPCWSTR,)),
+        "WintunCloseAdapter": Prototype(None, (adapter,)),
+        "WintunDeleteDriver": Prototype(BOOL, ()),
+        "WintunGetAdapterLUID": Prototype(None, (adapter, ctypes.POINTER(NET_LUID))),
+        "WintunGetRunningDriverVersion": Prototype(DWORD, ()),
+        "WintunSetLogger": Prototype(None, (logger_callback,)),
+        "WintunStartSession": Prototype(session, (adapter, DWORD)),
+        "WintunEndSession": Prototype(None, (session,)),
+        "WintunGetReadWaitEvent": Prototype(HANDLE, (session,)),
+        "WintunReceivePacket": Prototype(BYTE_P, (session, ctypes.POINTER(DWORD))),
+        "WintunReleaseReceivePacket": Prototype(None, (session, BYTE_P)),
+        "WintunAllocateSendPacket": Prototype(BYTE_P, (session, DWORD)),
+        "WintunSendPacket": Prototype(None, (session, BYTE_P)),
+    }
+
+
+class WintunLibrary:
+    """Typed calls into wintun.dll (or a stand-in with the same functions).
+
+    ``functype`` builds the logger callback type; ``last_error`` returns the calling thread's
+    last Windows error (``ctypes.get_last_error`` for a ``WinDLL`` loaded with
+    ``use_last_error=True``).
+    """
+
+    def __init__(
+        self, library: Any, *, functype: FuncTypeFactory, last_error: Callable[[], int]
+    ) -> None:
+        self.prototypes = wintun_prototypes(functype)
+        functions = bind(library, self.prototypes, DLL_NAME)
+        self._create_adapter = functions["WintunCreateAdapter"]
+        self._open_adapter = functions["WintunOpenAdapter"]
+        self._close_adapter = functions["WintunCloseAdapter"]
+        self._delete_driver = functions["WintunDeleteDriver"]
+        self._get_adapter_luid = functions["WintunGetAdapterLUID"]
+        self._get_running_driver_version = functions["WintunGetRunningDriverVersion"]
+        self._set_logger = functions["WintunSetLogger"]
+        self._start_session = functions["WintunStartSession"]
+        self._end_session = functions["WintunEndSession"]
+        self._get_read_wait_event = functions["WintunGetReadWaitEvent"]
+        self._receive_packet = functions["WintunReceivePacket"]
+        self._release_receive_packet = functions["WintunReleaseReceivePacket"]
+        self._allocate_send_packet = functions["WintunAllocateSendPacket"]
+        self._send_packet = functions["WintunSendPacket"]
+        self._last_error = last_error
+        self._logger: Any = None  # the callback object must outlive every call into the DLL
+
+    # -- adapters ----------------------------------------------------------------------
+    def create_adapter(self, name: str, tunnel_type: str, guid: uuid.UUID | None) -> int:
+        """Create an adapter (needs Administrator); ``guid`` fixes the network profile."""
+        requested = GUID.from_buffer_copy(guid.bytes_le) if guid is not None else None
+        handle: int | None = self._create_adapter(name, tunnel_type, requested)
+        if not handle:
+            raise windows_error(self._last_error(), f"create WinTun adapter {name!r}")
+        return handle
+
+    def open_adapter(self, name: str) -> int | None:
+        """The handle of an existing adapter named ``name``, or ``None`` if there is none."""
+        handle: int | None = self._open_adapter(name)
+        return handle or None
+
+    def close_adapter(self, adapter: int) -> None:
+        """Release the handle; an adapter this process created is removed."""
+        self._close_adapter(adapter)
+
+    def delete_driver(self) -> None:
+        """Remove the driver once no adapter uses it (not used by the backend)."""
+        if not self._delete_driver():
+            raise windows_error(self._last_error(), "delete the WinTun driver")
+
+    def adapter_luid(self, adapter: int) -> int:
+        luid = NET_LUID()
+        self._get_adapter_luid(adapter, luid)
+        return int(luid.Value)
+
+    def running_driver_version(self) -> int | None:
+        """The loaded driver's version (major << 16 | minor), or ``None`` if none is loaded."""
+        version: int = self._get_running_driver_version()
+        return version or None
+
+    @property
+    def has_logger(self) -> bool:
+        """Whether :meth:`set_logger` installed a sink (the logger is global to the DLL)."""
+        return self._logger is not None and bool(self._logger)
+
+    def set_logger(self, sink: Callable[[int, int, str], None] | None) -> None:
+        """Route the DLL's log lines to ``sink(level, timestamp, message)``; ``None`` stops."""
+        callback_type = self.prototypes["WintunSetLogger"].argtypes[0]
+        callback = callback_type(sink) if sink is not None else callback_type()
+        self._set_logger(callback)
+        self._logger = callback
+
+    # -- sessions ----------------------------------------------------------------------
+    def start_session(self, adapter: int, capacity: int) -> int:
+        check_ring_capacity(capacity)
+        session: int | None = self._start_session(adapter, capacity)
+        if not session:
+            raise windows_error(self._last_error(), "start a WinTun session")
+        return session
+
+    def end_session(self, session: int) -> None:
+        self._end_session(session)
+
+    def read_wait_event(self, session: int) -> int:
+        """The event signalled when packets arrive (owned by the session: never close it)."""
+        handle: int | None = self._get_read_wait_event(session)
+        if not handle:
+            raise windows_error(self._last_error(), "get the session's read-wait event")
+        return handle
+
+    def receive_packet(self, session: int) -> bytes | None:
+        """Copy out and release the next packet, or return ``None`` if the ring is empty.
+
+        :raises ~tunplug.exceptions.ClosedResource: the adapter is terminating.
+        :raises ~tunplug.exceptions.TunError: the ring is corrupt.
+        """
+        size = DWORD()
+        address: int | None = self._receive_packet(session, size)
+        if not address:
+            code = self._last_error()
+            if code == ERROR_NO_MORE_ITEMS:
+                return None
+            raise windows_error(code, "receive from the WinTun ring")
+        packet = ctypes.string_at(address, size.value)
+        self._release_receive_packet(session, address)
+        return packet
+
+    def send(self, session: int, packet: bytes) -> bool:
+        """Copy ``packet`` into the send ring and send it; ``False`` if the ring is full.
+
+        :raises ~tunplug.exceptions.ClosedResource: the adapter is terminating.
+        """
+        address: int | None = self._allocate_send_packet(session, len(packet))
+        if not address:
+            code = self._last_error()
+            if code == ERROR_BUFFER_OVERFLOW:
+                return False
+            raise windows_error(code, "allocate in the WinTun send ring")
+        ctypes.memmove(address, packet, len(packet))
+        self._send_packet(session, address)
+        return True
+
+
+def check_ring_capacity(capacity: int, setting: str = RING_CAPACITY_ENV) -> int:
+    """Return ``capacity`` if WinTun accepts it as a ring size, else raise :class:`ConfigError`."""
+    if not WINTUN_MIN_RING_CAPACITY <= capacity <= WINTUN_MAX_RING_CAPACITY or capacity & (
+        capacity - 1
+    ):
+        raise ConfigError(
+            setting,
+            f"must be a power of two between {WINTUN_MIN_RING_CAPACITY:#x} and "
+            f"{WINTUN_MAX_RING_CAPACITY:#x} bytes, not {capacity:#x}",
+        )
+    return capacity
+
+
+def ring_capacity_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
+    """The ring capacity set in ``TUNPLUG_WINTUN_RING_CAPACITY`` (decimal or ``0x`` hex)."""
+    text = environ.get(RING_CAPACITY_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise ConfigError(RING_CAPACITY_ENV, f"not a whole number: {text!r}") from None
+    return check_ring_capacity(value)
+
+
+def find_dll(environ: Mapping[str, str] = os.environ) -> tuple[Path | None, str]:
+    """Where wintun.dll is, and where it was looked for (for messages).
+
+    ``TUNPLUG_WINTUN_DLL`` names the file when set; otherwise it is expected next to the
+    Python executable (``python.exe``). Only absolute paths are used, never the search path.
+    """
+    configured = environ.get(DLL_ENV, "").strip()
+    candidates = [Path(configured)] if configured else [Path(sys.executable).parent / DLL_NAME]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.absolute(), str(candidate)
+    return None, " or ".join(str(candidate) for candidate in candidates)
+
+
+def missing_dll_reason(environ: Mapping[str, str] = os.environ) -> str | None:
+    """Why wintun.dll cannot be found, or ``None`` if it can."""
+    path, looked_at = find_dll(environ)
+    if path is not None:
+        return None
+    if environ.get(DLL_ENV, "").strip():
+        return f"{DLL_ENV} names {looked_at}, which does not exist"
+    return (
+        f"{DLL_NAME} not found at {looked_at}: download the signed DLL from {DLL_SOURCE} "
+        f"(bin/<arch>/{DLL_NAME}) and put it there, or set {DLL_ENV}"
+    )
+
+
+def forward_log(level: int, timestamp: int, message: str) -> None:
+    """A logger sink for :meth:`WintunLibrary.set_logger`: into Python logging."""
+    del timestamp  # logging stamps records itself
+    python_level = {WINTUN_LOG_WARN: logging.WARNING, WINTUN_LOG_ERR: logging.ERROR}.get(
+        level, logging.INFO
+    )
+    log.log(python_level, "wintun: %s", message)
