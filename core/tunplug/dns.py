@@ -1,7 +1,8 @@
 """The DNS manager contract: point the system resolver at the tunnel and put it back.
 
 Who calls it: the headless client, after the device is up and before it goes down. Who
-implements it: :mod:`tunplug_dns` (``systemd-resolved``, ``etc-resolv-conf``, ``disabled``) and
+implements it: :mod:`tunplug_dns` (``systemd-resolved``, ``etc-resolv-conf``, ``nrpt``,
+``disabled``) and
 third-party plugins, registered through ``tunplug_register_dns_managers``.
 """
 

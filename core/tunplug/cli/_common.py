@@ -7,10 +7,12 @@ also an interface name that is taken), 130 interrupted.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import Any
 
 from tunplug.exceptions import (
     BackendUnavailable,
@@ -37,6 +39,15 @@ _LEVELS = {
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class _PrivateRotatingFileHandler(RotatingFileHandler):
+    """Rotated log files that only the owner and group can read (0640), the rotated ones too."""
+
+    def _open(self) -> Any:
+        stream = super()._open()
+        os.chmod(self.baseFilename, 0o640)
+        return stream
+
+
 def setup_logging(
     level: str,
     log_dir: Path | None = None,
@@ -56,9 +67,10 @@ def setup_logging(
         path = log_dir / file_name
         try:
             log_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-            path.touch(mode=0o640, exist_ok=True)
             handlers.append(
-                RotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+                _PrivateRotatingFileHandler(
+                    path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+                )
             )
         except OSError as exc:
             raise ConfigError("LOG_DIR", f"cannot write logs to {path}: {exc.strerror}") from None
