@@ -1,11 +1,15 @@
-"""The Tun contract, checked on the fake backend (the reference for what backends must do)."""
+"""What is particular to FakeTun: exact batch sizes, oversize drops, names, its capacity.
+
+The Tun contract itself (waiting, ordering, limits, backpressure, closing) is checked on every
+backend, FakeTun included, by the shared suite in ``tests/contract``.
+"""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from tunplug.exceptions import BusyResource, ClosedResource
+from tunplug.exceptions import BusyResource
 from tunplug.testing import FakeTun
 from tunplug.tun import TunOptions
 
@@ -14,21 +18,6 @@ pytestmark = pytest.mark.anyio
 
 def packets(n: int, size: int = 60) -> list[bytes]:
     return [bytes([0x45]) + i.to_bytes(4, "big") + bytes(size - 5) for i in range(n)]
-
-
-async def test_recv_many_waits_for_a_packet_then_returns_what_is_there():
-    tun = FakeTun(TunOptions(batch_size=10))
-    got: list[bytes] = []
-
-    async def reader() -> None:
-        got.extend(await tun.recv_many())
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(reader)
-        await anyio.sleep(0.01)
-        assert got == []  # nothing injected yet: still waiting
-        await tun.inject(packets(3))
-    assert got == packets(3)
 
 
 async def test_recv_many_returns_at_most_max_and_keeps_order():
@@ -42,27 +31,6 @@ async def test_recv_many_returns_at_most_max_and_keeps_order():
         await tun.recv_many(101)
 
 
-async def test_send_ready_applies_backpressure_until_packets_are_taken():
-    tun = FakeTun(TunOptions(batch_size=10), capacity=20)
-    await tun.send_ready()
-    tun.send(packets(10))
-    await tun.send_ready()
-    tun.send(packets(10))
-    ready = False
-
-    async def wait_ready() -> None:
-        nonlocal ready
-        await tun.send_ready()
-        ready = True
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(wait_ready)
-        await anyio.sleep(0.02)
-        assert not ready, "send_ready returned while the device was full"
-        assert len(await tun.delivered(10)) == 10
-    assert ready
-
-
 async def test_send_refuses_more_than_a_batch_and_drops_oversize_packets():
     tun = FakeTun(TunOptions(batch_size=4, mtu=1280))
     with pytest.raises(ValueError, match="batch size"):
@@ -70,30 +38,6 @@ async def test_send_refuses_more_than_a_batch_and_drops_oversize_packets():
     tun.send([bytes(1281), bytes(100)])
     assert tun.dropped_oversize == 1
     assert tun.take_all() == [bytes(100)]
-
-
-async def test_closed_device_raises_closed_resource_everywhere_and_wakes_waiters():
-    tun = FakeTun()
-    failures: list[BaseException] = []
-
-    async def reader() -> None:
-        try:
-            await tun.recv_many()
-        except ClosedResource as exc:
-            failures.append(exc)
-
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(reader)
-        await anyio.sleep(0.01)
-        await tun.aclose()
-    assert len(failures) == 1
-    await tun.aclose()  # idempotent
-    with pytest.raises(ClosedResource):
-        await tun.send_ready()
-    with pytest.raises(ClosedResource):
-        tun.send(packets(1))
-    with pytest.raises(ClosedResource):
-        await tun.recv_many()
 
 
 async def test_context_manager_closes_and_frees_the_name():
