@@ -243,8 +243,11 @@ class _Runner:
             await hooks.dns.activate(self._dns_settings(tun.name, config))
             self.dns_active = True
         app.plugins.notify_tunnel_up(info)
-        # Handshake at once rather than at the first packet: a client knows it is connected.
-        self.device.connect()
+        if hooks.exit_after_handshake is not None:
+            # --exit: handshake at once rather than at the first packet. Not by default: an
+            # initiation sent before the peer listens delays the first packets' handshake by
+            # REKEY_TIMEOUT (5 s), as in any WireGuard implementation.
+            self.device.connect()
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(engine.run, name="engine")
