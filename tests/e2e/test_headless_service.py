@@ -173,6 +173,16 @@ def test_check_reports_a_bad_configuration_with_exit_2_and_runs_nothing(server, 
     assert tampered not in result.stderr + result.stdout
     result = client.run("--check", "--dns-control", "nonsense", TUNPLUG_TOKEN=tampered)
     assert result.returncode == 2
+    good = make_token(server.a.keys, server.b.keys, ["10.202.0.0/24"])
+    result = client.run("--check", "--dns-control", "nonsense", TUNPLUG_TOKEN=good)
+    assert result.returncode == 2
+    assert "unknown DNS manager 'nonsense'" in result.stderr
+    taken = client.argv("--check")[client.argv("--check").index("--interface") + 1]
+    client.ns.run("ip", "link", "add", taken, "type", "veth", "peer", "name", "tpcheckpeer")
+    result = client.run("--check", TUNPLUG_TOKEN=good)
+    assert result.returncode == 2
+    assert f"interface {taken!r} already exists" in result.stderr
+    client.ns.run("ip", "link", "del", taken)
     assert_same_state(before, net_state(client.ns))
     assert not client.state.exists(), "--check must not create state"
 

@@ -283,11 +283,16 @@ def check(
         else "full tunnel: no"
     )
     servers = ", ".join(map(str, config.dns_servers))
-    lines.append(f"DNS: {servers} via {dns}" if servers else "DNS: none in the configuration")
+    domains = f", search {', '.join(config.dns_domains)}" if config.dns_domains else ""
+    lines.append(
+        f"DNS: {servers}{domains} via {dns}" if servers else "DNS: none in the configuration"
+    )
     lines.append(f"logs: stderr{f' and {settings.log_dir}' if settings.log_dir else ''}")
     problems = []
     if not has_net_admin():
         problems.append("CAP_NET_ADMIN is missing: run as root")
+    if Path("/sys/class/net", args.interface).exists():
+        problems.append(f"interface {args.interface!r} already exists: choose another --interface")
     for line in lines:
         print(f"  {line}")
     if problems:
