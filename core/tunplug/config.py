@@ -8,6 +8,7 @@ print it as one line and exit with status 2.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator
@@ -49,6 +50,14 @@ class TunplugSettings(BaseSettings):
     disable_plugins: str = Field("", description="comma-separated plugin names that are not loaded")
     disable_plugin_autoload: bool = Field(
         False, description="do not load third-party plugins from entry points"
+    )
+
+    flow_logs: Path | None = Field(
+        None,
+        description="directory for flow logs (one JSON line per finished flow); off when unset",
+    )
+    flow_logs_max_bytes: int = Field(
+        50 * 1024 * 1024, ge=4096, description="size at which the flow log file is rotated"
     )
 
     test_timers: str = Field(

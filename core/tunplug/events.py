@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv6Interface
 from typing import Literal
@@ -19,3 +20,6 @@ class TunnelInfo:
     queues: int = 1
     addresses: tuple[IPv4Interface | IPv6Interface, ...] = field(default_factory=tuple)
     peers: int = 0
+    #: Who is behind a tunnel address, e.g. ``"100.64.0.2"`` -> ``"laptop"`` (the gateway's
+    #: client names); ``None`` when unknown. Looked up live: clients come and go.
+    peer_name: Callable[[str], str | None] | None = field(default=None, compare=False)

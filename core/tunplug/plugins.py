@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("tun-darwin", "tunplug_tun_darwin.plugin"),
     ("tun-fake", "tunplug.testing.fake"),
     ("dns", "tunplug_dns.plugin"),
+    ("flow-log", "tunplug_flowlog.plugin"),
     ("crypto-cryptography", "tunplug_crypto_cryptography.plugin"),
     ("crypto-sodium", "tunplug_crypto_sodium.plugin"),
 )

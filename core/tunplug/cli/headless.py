@@ -49,6 +49,7 @@ FLAGS = {
     "id": "--id",
     "dns_control": "--dns-control",
     "state_dir": "--state-dir",
+    "flow_logs": "--flow-logs",
 }
 
 
@@ -123,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="also write rotated log files there (LOG_DIR; default: stderr only)",
+    )
+    logs.add_argument(
+        "--flow-logs",
+        type=Path,
+        metavar="DIR",
+        help="append one JSON line per finished flow to DIR/flows.jsonl (TUNPLUG_FLOW_LOGS)",
     )
     logs.add_argument(
         "--log-level",
