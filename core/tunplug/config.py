@@ -44,7 +44,7 @@ class TunplugSettings(BaseSettings):
     crypto_backend: str = Field("cryptography", min_length=1, description="crypto backend name")
     log_level: LogLevel = Field(
         "info",
-        validation_alias=AliasChoices("log_level", "tunplug_log", "tunplug_log_level"),
+        validation_alias=AliasChoices("tunplug_log", "tunplug_log_level"),
         description="log verbosity (TUNPLUG_LOG)",
     )
     disable_plugins: str = Field("", description="comma-separated plugin names that are not loaded")

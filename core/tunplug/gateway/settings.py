@@ -21,7 +21,7 @@ class GatewaySettings(TunplugSettings):
 
     state_dir: Path = Field(
         DEFAULT_STATE_DIR,
-        validation_alias=AliasChoices("state_dir", "tunplug_gateway_state_dir"),
+        validation_alias=AliasChoices("tunplug_gateway_state_dir"),
         description="the gateway's keys and SQLite database (TUNPLUG_GATEWAY_STATE_DIR)",
     )
     interface: str = Field(DEFAULT_INTERFACE, min_length=1, max_length=15)
@@ -31,6 +31,6 @@ class GatewaySettings(TunplugSettings):
     )
     log_dir: Path | None = Field(
         None,
-        validation_alias=AliasChoices("log_dir", "LOG_DIR", "tunplug_log_dir"),
+        validation_alias=AliasChoices("LOG_DIR", "tunplug_log_dir"),
         description="directory for rotated log files (LOG_DIR); stderr only when unset",
     )

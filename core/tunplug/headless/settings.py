@@ -29,7 +29,7 @@ class HeadlessSettings(TunplugSettings):
     )
     log_dir: Path | None = Field(
         None,
-        validation_alias=AliasChoices("log_dir", "LOG_DIR", "tunplug_log_dir"),
+        validation_alias=AliasChoices("LOG_DIR", "tunplug_log_dir"),
         description="directory for rotated log files (LOG_DIR); stderr only when unset",
     )
     log_max_bytes: int = Field(
