@@ -15,6 +15,7 @@ code is the same in both cases. Loading real DLLs (``ctypes.WinDLL``, Windows on
 from __future__ import annotations
 
 import ctypes
+import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -229,11 +230,13 @@ class WindowsApi:
     run: Callable[[Sequence[str]], tuple[int, str]]
 
 
+@functools.cache
 def load_windows_api(dll_path: str) -> WindowsApi:
     """Load wintun.dll from ``dll_path`` (an absolute path), kernel32 and iphlpapi. Windows only.
 
-    The DLL is loaded by full path, never through the DLL search path, so a wintun.dll planted
-    in the current directory is not picked up.
+    Loaded once per path and process: every device shares the binding and its logger. The
+    DLL is loaded by full path, never through the DLL search path, so a wintun.dll planted in
+    the current directory is not picked up.
 
     :raises BackendUnavailable: not Windows, or a DLL cannot be loaded.
     """

@@ -61,6 +61,9 @@ DLL_ENV = "TUNPLUG_WINTUN_DLL"
 DLL_NAME = "wintun.dll"
 DLL_SOURCE = "https://www.wintun.net"
 
+#: Logger callbacks handed to a wintun.dll, kept alive for good (see WintunLibrary.set_logger).
+_INSTALLED_LOGGERS: list[Any] = []
+
 
 def wintun_prototypes(functype: FuncTypeFactory) -> dict[str, Prototype]:
     """Every wintun.dll export with its result and argument types, as in wintun.h.
@@ -117,7 +120,7 @@ class WintunLibrary:
         self._allocate_send_packet = functions["WintunAllocateSendPacket"]
         self._send_packet = functions["WintunSendPacket"]
         self._last_error = last_error
-        self._logger: Any = None  # the callback object must outlive every call into the DLL
+        self._logger: Any = None
 
     # -- adapters ----------------------------------------------------------------------
     def create_adapter(self, name: str, tunnel_type: str, guid: uuid.UUID | None) -> int:
@@ -161,6 +164,9 @@ class WintunLibrary:
         """Route the DLL's log lines to ``sink(level, timestamp, message)``; ``None`` stops."""
         callback_type = self.prototypes["WintunSetLogger"].argtypes[0]
         callback = callback_type(sink) if sink is not None else callback_type()
+        # The DLL keeps calling the callback after this object is gone (the logger is global
+        # to the DLL), so every callback handed over is kept for the life of the process.
+        _INSTALLED_LOGGERS.append(callback)
         self._set_logger(callback)
         self._logger = callback
 
