@@ -40,6 +40,8 @@ class DnsManager(ABC):
     name: ClassVar[str]
     #: One line for ``tunplug plugins``.
     description: ClassVar[str] = ""
+    #: How far the manager was tested, when users must know (shown by ``tunplug plugins``).
+    caveat: ClassVar[str | None] = None
 
     def __init__(self, state_dir: Path) -> None:
         #: A private directory (created by the caller, mode 0700) that survives restarts: where a

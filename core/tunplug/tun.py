@@ -83,6 +83,9 @@ class Tun(AsyncResource):
     backend_name: ClassVar[str]
     #: One line for ``tunplug plugins``.
     description: ClassVar[str] = ""
+    #: What users must know about how far the backend was tested (shown by ``tunplug
+    #: plugins``), e.g. that it never ran on the platform it is for. ``None``: nothing to say.
+    caveat: ClassVar[str | None] = None
 
     #: The interface name the operating system knows the device by.
     name: str

@@ -40,6 +40,12 @@ def test_plugins_lists_builtin_backends_with_distribution():
     ):
         assert expected in result.stdout
     assert "runs on Windows only" in result.stdout
+    # Backends that were never run on their platform say so, in the listing itself.
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "never run on real Windows: CI runs it over a fake wintun.dll" in lines["tun-wintun"]
+    assert "never run on real macOS" in lines["tun-darwin"]
+    assert "never run on real Windows" in lines["dns"]
+    assert "never run" not in lines["tun-linux-mq"]
 
 
 def test_plugins_json_shows_blocked_plugins():
@@ -49,6 +55,8 @@ def test_plugins_json_shows_blocked_plugins():
     assert rows["tun-fake"]["status"] == "blocked"
     assert rows["tun-fake"]["provides"] == {}
     assert rows["tun-darwin"]["provides"]["tun"][0]["available"] is False
+    assert "never run on real macOS" in rows["tun-darwin"]["provides"]["tun"][0]["caveat"]
+    assert rows["tun-linux-mq"]["provides"]["tun"][0]["caveat"] is None
     assert rows["crypto-cryptography"]["distribution"] == "tunplug"
 
 

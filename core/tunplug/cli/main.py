@@ -134,6 +134,8 @@ def show_plugins(host: PluginHost, *, as_json: bool = False) -> int:
                         "name": name,
                         "available": backends[kind][name].unavailable_reason() is None,
                         "unavailable_reason": backends[kind][name].unavailable_reason(),
+                        "description": backends[kind][name].description,
+                        "caveat": getattr(backends[kind][name], "caveat", None),
                     }
                     for name in names
                 ]
@@ -159,8 +161,14 @@ def show_plugins(host: PluginHost, *, as_json: bool = False) -> int:
         provided = []
         for kind, names in record.provides.items():
             for name in names:
+                notes = []
                 reason = backends[kind][name].unavailable_reason()
-                provided.append(f"{kind}:{name}" + (f" (unavailable: {reason})" if reason else ""))
+                if reason:
+                    notes.append(f"unavailable: {reason}")
+                caveat = getattr(backends[kind][name], "caveat", None)
+                if caveat:
+                    notes.append(caveat)
+                provided.append(f"{kind}:{name}" + (f" ({'; '.join(notes)})" if notes else ""))
         status = _status(record) + (f": {record.error}" if record.error else "")
         table.append(
             (

@@ -5,7 +5,9 @@
 - :mod:`tunplug.testing.packets`: build and read small IP packets;
 - :mod:`tunplug.testing.pytest_plugin`: fixtures (loaded automatically by pytest through the
   ``pytest11`` entry point): ``tunplug_plugin_host``, ``fake_tun``, ``memory_network``,
-  ``tunnel_pair``.
+  ``tunnel_pair``;
+- :mod:`tunplug.testing.contract`: the shared Tun contract suite (a ``TunHarness`` per backend,
+  ``cases()``, ``run_check()``) for backend authors; needs pytest, so it is not imported here.
 """
 
 from tunplug.testing.fake import FakeTun

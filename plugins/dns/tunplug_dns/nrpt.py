@@ -137,7 +137,8 @@ class WindowsNrpt(DnsManager):
     """Adds NRPT rules for the tunnel's DNS servers and removes them again."""
 
     name = "nrpt"
-    description = "Windows NRPT rules for split or full-tunnel DNS (untested on real Windows)"
+    description = "Windows NRPT rules for split or full-tunnel DNS"
+    caveat = "never run on real Windows: CI runs it against an in-memory registry"
 
     def __init__(self, state_dir: Path, *, registry: NrptRegistry | None = None) -> None:
         super().__init__(state_dir)

@@ -64,6 +64,7 @@ class SystemdResolved(DnsManager):
 
     name = "systemd-resolved"
     description = "per-link DNS through resolvectl (split DNS; '~.' for a full tunnel)"
+    caveat = "never run against a real systemd-resolved: CI runs a stand-in resolvectl"
     #: The command to run; an absolute path or a name looked up on ``PATH``.
     resolvectl: ClassVar[str] = "resolvectl"
     #: Exists while systemd-resolved runs (it holds the stub resolver's files).

@@ -74,7 +74,8 @@ class DarwinUtunTun(Tun):
     """
 
     backend_name = "darwin"
-    description = "macOS utun device (untested on real macOS: CI runs it over a Unix socket pair)"
+    description = "macOS utun device"
+    caveat = "never run on real macOS: CI runs it over a Unix socket pair"
 
     def __init__(
         self,

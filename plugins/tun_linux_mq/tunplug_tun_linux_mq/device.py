@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Self, TypedDict
 import anyio
 import anyio.lowlevel
 
+from tunplug._channels import Inbound, Outbound, fresh
 from tunplug.exceptions import (
     BackendUnavailable,
     ClosedResource,
@@ -71,7 +72,6 @@ from tunplug.exceptions import (
     map_os_errors,
 )
 from tunplug.tun import Packet, Tun, TunOptions
-from tunplug_tun_linux_mq._channels import Inbound, Outbound, fresh
 from tunplug_tun_linux_mq._open import TUN_PATH, open_queues
 from tunplug_tun_linux_mq.flow import flow_key
 from tunplug_tun_linux_mq.offload import VNET_HDR_LEN, OffloadError, coalesce, split

@@ -47,9 +47,9 @@ from typing import ClassVar, Self
 import anyio
 import anyio.lowlevel
 
+from tunplug._channels import Inbound, fresh
 from tunplug.exceptions import BackendUnavailable, ClosedResource, TunError
 from tunplug.tun import Packet, Tun, TunOptions
-from tunplug_tun_linux_mq._channels import Inbound, fresh
 from tunplug_tun_wintun import netsh
 from tunplug_tun_wintun._win32 import (
     ERROR_ALREADY_EXISTS,
@@ -101,9 +101,8 @@ class WintunTun(Tun):
     """
 
     backend_name = "wintun"
-    description = (
-        "Windows WinTun adapter via ctypes (untested on real Windows: CI runs a fake wintun.dll)"
-    )
+    description = "Windows WinTun adapter via ctypes, with a receive thread"
+    caveat = "never run on real Windows: CI runs it over a fake wintun.dll"
 
     #: Bytes of each of the session's two rings: a power of two from 0x20000 (128 KiB) to
     #: 0x4000000 (64 MiB). ``TUNPLUG_WINTUN_RING_CAPACITY`` overrides it in :meth:`create`.

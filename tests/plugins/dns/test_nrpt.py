@@ -202,4 +202,4 @@ def test_rule_interface_only_recognises_our_key_names():
 
 def test_unavailable_off_windows():
     assert WindowsNrpt.unavailable_reason() == "runs on Windows only"
-    assert "(untested on real Windows)" in WindowsNrpt.description
+    assert "never run on real Windows" in (WindowsNrpt.caveat or "")

@@ -166,4 +166,4 @@ async def test_a_name_that_is_not_utun_n_is_refused_before_anything_opens(monkey
 
 
 def test_description_is_honest_about_testing():
-    assert "untested on real macOS" in DarwinUtunTun.description
+    assert "never run on real macOS" in (DarwinUtunTun.caveat or "")

@@ -24,7 +24,7 @@ for module in ("tunplug_tun_wintun", "tunplug_tun_wintun.plugin", "tunplug_tun_w
 from tunplug_tun_wintun.plugin import tunplug_register_tun_backends
 (backend,) = tunplug_register_tun_backends()
 print(json.dumps({"name": backend.backend_name, "reason": backend.unavailable_reason(),
-                  "description": backend.description}))
+                  "caveat": backend.caveat}))
 """
 
 
@@ -36,4 +36,4 @@ def test_the_plugin_imports_without_windows_modules_and_says_why_it_cannot_run()
     info = json.loads(result.stdout)
     assert info["name"] == "wintun"
     assert info["reason"] == "runs on Windows only"
-    assert "untested on real Windows" in info["description"]
+    assert "never run on real Windows" in info["caveat"]

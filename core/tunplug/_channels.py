@@ -1,11 +1,11 @@
-"""Bounded, thread-safe hand-off between the device's I/O threads and its event loop.
+"""Bounded, thread-safe hand-off between a device's I/O threads and its event loop.
 
-Who calls it: :mod:`tunplug_tun_linux_mq.device` only. :class:`Inbound` carries batches from
-the reader threads to ``recv_many``; one :class:`Outbound` per queue carries packets from
-``send`` to that queue's writer thread. Both are bounded, and the thread side blocks on a
-:class:`threading.Condition` while the loop side awaits an :class:`asyncio.Event` that is set
-(through ``call_soon_threadsafe``) only when a task actually waits, so a hand-off usually
-costs one uncontended lock and no wake-up at all.
+Who calls it: the TUN backends with I/O threads (``linux-mq``, ``wintun``). :class:`Inbound`
+carries batches from the reader threads to ``recv_many``; one :class:`Outbound` per queue
+carries packets from ``send`` to that queue's writer thread. Both are bounded, and the thread
+side blocks on a :class:`threading.Condition` while the loop side awaits an
+:class:`asyncio.Event` that is set (through ``call_soon_threadsafe``) only when a task actually
+waits, so a hand-off usually costs one uncontended lock and no wake-up at all.
 """
 
 from __future__ import annotations
