@@ -1,0 +1,682 @@
+"""The gateway's state: its key pair, its settings and its clients, in a SQLite database.
+
+Who calls it: ``tunplug-gateway`` (:mod:`tunplug.cli.gateway`: ``init``, ``client add``,
+``client list``, ``client revoke``) and the running gateway (:mod:`tunplug.gateway.server`),
+often at the same time from two processes.
+
+Layout of the state directory (default ``/var/lib/tunplug-gateway``, mode 0700):
+
+- ``private.key`` — the gateway's WireGuard private key in base64 (as ``wg genkey`` prints
+  it), mode 0600. It never enters the database, so a copy of the database for debugging does
+  not carry it.
+- ``registry.db`` (plus SQLite's ``-wal`` and ``-shm``), mode 0600 — the gateway's public
+  settings and every client: name, public key, PresharedKey, addresses, times and traffic.
+  A client's private key is never stored: it is in the token, shown once.
+
+The schema version is ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps from each
+version to the next, applied in order (each in its own transaction) when the database is
+opened. The database runs in WAL mode with a busy timeout, and every write is one short
+``BEGIN IMMEDIATE`` transaction, so the CLI and the server can use it at once.
+
+Addresses: the gateway holds the first host of each subnet; client ``n`` holds the ``n``-th
+address of both subnets (the same index in IPv4 and IPv6). A new client gets the next address
+that was never used; only when the IPv4 subnet is exhausted is the address of a revoked client
+given out again (the longest-revoked first), so that logs and flow records rarely show one
+address for two clients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from ipaddress import (
+    IPv4Address,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_network,
+)
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from tunplug import token as client_token
+from tunplug.exceptions import ConfigError, TunplugError
+from tunplug.secure_files import check_private_file, read_private_file
+from tunplug.wireguard.keys import format_key, parse_key
+
+if TYPE_CHECKING:
+    from tunplug.crypto import CryptoBackend
+
+DB_NAME = "registry.db"
+KEY_NAME = "private.key"
+DEFAULT_LISTEN_PORT = 51820
+DEFAULT_SUBNET_V4 = "100.64.0.0/11"
+#: A fixed unique-local /64 ("tplg" in its global ID).
+DEFAULT_SUBNET_V6 = "fd7a:7470:6c67::/64"
+#: Keepalive written into every token: clients are usually behind NAT.
+PERSISTENT_KEEPALIVE = 25
+#: How long a writer waits for another process's transaction before giving up.
+BUSY_TIMEOUT_SECONDS = 5.0
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+_MIN_PREFIX_V4, _MAX_PREFIX_V4 = 8, 30
+_MIN_PREFIX_V6, _MAX_PREFIX_V6 = 32, 120
+
+#: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the gateway row (id 1; ``version`` counts changes to the client list) and clients.
+    (
+        """CREATE TABLE gateway (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            public_key BLOB NOT NULL,
+            endpoint TEXT NOT NULL,
+            listen_port INTEGER NOT NULL,
+            subnet_v4 TEXT NOT NULL,
+            subnet_v6 TEXT NOT NULL,
+            resources TEXT NOT NULL,
+            dns TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            version INTEGER NOT NULL DEFAULT 0
+        )""",
+        """CREATE TABLE clients (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            public_key BLOB NOT NULL UNIQUE,
+            preshared_key BLOB NOT NULL,
+            address_index INTEGER NOT NULL,
+            address_v4 TEXT NOT NULL,
+            address_v6 TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+        "CREATE UNIQUE INDEX clients_active_name ON clients (name) WHERE revoked_at IS NULL",
+        "CREATE UNIQUE INDEX clients_active_address ON clients (address_index) "
+        "WHERE revoked_at IS NULL",
+    ),
+    # 2: what the running gateway reports (record_stats).
+    (
+        "ALTER TABLE clients ADD COLUMN last_handshake REAL",
+        "ALTER TABLE clients ADD COLUMN rx_bytes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE clients ADD COLUMN tx_bytes INTEGER NOT NULL DEFAULT 0",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_CLIENT_COLUMNS = (
+    "name, public_key, preshared_key, address_v4, address_v6, created_at, revoked_at, "
+    "last_handshake, rx_bytes, tx_bytes"
+)
+
+
+class RegistryError(TunplugError):
+    """The database failed (locked for too long, corrupt, disk full); the CLIs exit 1."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """The gateway's key pair and settings, as ``tunplug-gateway init`` stored them."""
+
+    private_key: bytes = field(repr=False)
+    public_key: bytes
+    endpoint: str
+    listen_port: int
+    subnet_v4: IPv4Network
+    subnet_v6: IPv6Network
+    resources: tuple[IPv4Network | IPv6Network, ...]
+    dns: tuple[IPv4Address | IPv6Address, ...]
+
+    @property
+    def gateway_address_v4(self) -> IPv4Address:
+        """The gateway interface's IPv4 address: the first host of ``subnet_v4``."""
+        return self.subnet_v4[1]
+
+    @property
+    def gateway_address_v6(self) -> IPv6Address:
+        """The gateway interface's IPv6 address: the first host of ``subnet_v6``."""
+        return self.subnet_v6[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRecord:
+    """One issued client; ``revoked_at`` is set once it is revoked. Times are Unix seconds;
+    traffic counts what the running gateway reported last (since it started)."""
+
+    name: str
+    public_key: bytes
+    preshared_key: bytes = field(repr=False)
+    address_v4: IPv4Address
+    address_v6: IPv6Address
+    created_at: float
+    revoked_at: float | None
+    last_handshake: float | None
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedClient:
+    """A new client and its configuration, as a token and as a wg-quick file (shown once)."""
+
+    client: ClientRecord
+    token: str = field(repr=False)
+    wg_quick: str = field(repr=False)
+
+
+class Registry:
+    """The gateway's SQLite database. Use :meth:`init` or :meth:`open`, then :meth:`close`
+    (or ``with``). One object may be shared between threads: calls are serialised."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        connection: sqlite3.Connection,
+        gateway: GatewayConfig,
+        crypto: CryptoBackend | None,
+    ) -> None:
+        self.state_dir = state_dir
+        self._connection = connection
+        self._gateway = gateway
+        self._crypto = crypto
+        self._lock = threading.Lock()
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def init(
+        cls,
+        state_dir: Path,
+        *,
+        endpoint: str,
+        listen_port: int = DEFAULT_LISTEN_PORT,
+        subnet_v4: str = DEFAULT_SUBNET_V4,
+        subnet_v6: str = DEFAULT_SUBNET_V6,
+        resources: Sequence[str],
+        dns: Sequence[str] = (),
+        force: bool = False,
+        crypto: CryptoBackend | None = None,
+    ) -> Registry:
+        """Create the state directory, the gateway's key pair and the database.
+
+        ``crypto`` makes the keys (default: the configured crypto backend). With ``force`` an
+        existing registry is replaced: a new key pair, no clients (every token stops working).
+        :raises ConfigError: an option is invalid (naming its flag), or the directory is
+            already initialised and ``force`` is not given.
+        """
+        endpoint = validate_endpoint(endpoint)
+        if not 1 <= listen_port <= 65535:
+            raise ConfigError("--listen-port", f"must be 1-65535, got {listen_port}")
+        network_v4, network_v6 = _subnets(subnet_v4, subnet_v6)
+        networks = _resources(resources, network_v4, network_v6)
+        servers = _dns_servers(dns)
+        db_path = state_dir / DB_NAME
+        if _exists(db_path) and not force:
+            raise ConfigError(
+                "--state-dir",
+                f"{state_dir} is already initialised; --force replaces the gateway key and "
+                "removes every client (their tokens stop working)",
+            )
+        crypto = crypto or _default_crypto()
+        private_key = crypto.generate_private_key()
+        public_key = crypto.public_key(private_key)
+        try:
+            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(state_dir, 0o700)
+            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
+                (state_dir / name).unlink(missing_ok=True)
+            _write_private(state_dir / KEY_NAME, format_key(private_key) + "\n")
+            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        except OSError as exc:
+            raise ConfigError("--state-dir", f"cannot create {state_dir}: {_reason(exc)}") from None
+        connection = _connect(db_path)
+        try:
+            _migrate(connection, db_path)
+            with _sql("storing the gateway"):
+                connection.execute(
+                    "INSERT INTO gateway (id, public_key, endpoint, listen_port, subnet_v4, "
+                    "subnet_v6, resources, dns, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        public_key,
+                        endpoint,
+                        listen_port,
+                        str(network_v4),
+                        str(network_v6),
+                        json.dumps([str(network) for network in networks]),
+                        json.dumps([str(server) for server in servers]),
+                        time.time(),
+                    ),
+                )
+        except BaseException:
+            connection.close()
+            raise
+        gateway = GatewayConfig(
+            private_key=private_key,
+            public_key=public_key,
+            endpoint=endpoint,
+            listen_port=listen_port,
+            subnet_v4=network_v4,
+            subnet_v6=network_v6,
+            resources=networks,
+            dns=servers,
+        )
+        return cls(state_dir, connection, gateway, crypto)
+
+    @classmethod
+    def open(cls, state_dir: Path, *, crypto: CryptoBackend | None = None) -> Registry:
+        """Open an initialised registry, migrating its schema to the current version.
+
+        ``crypto`` makes client keys in :meth:`add_client` (default: the configured backend,
+        loaded on first use).
+        :raises ConfigError: not initialised, unreadable, open to others, or newer than this
+            version of tunplug.
+        """
+        db_path = state_dir / DB_NAME
+        if not _exists(db_path):
+            raise ConfigError(
+                "--state-dir", f"{state_dir} is not initialised: run tunplug-gateway init"
+            )
+        check_private_file(db_path, "--state-dir")
+        key_text = read_private_file(state_dir / KEY_NAME, "--state-dir")
+        try:
+            private_key = parse_key(key_text, str(state_dir / KEY_NAME))
+        except ValueError as exc:
+            raise ConfigError("--state-dir", str(exc)) from None
+        connection = _connect(db_path)
+        try:
+            _migrate(connection, db_path)
+            with _sql("reading the gateway"):
+                row = connection.execute(
+                    "SELECT public_key, endpoint, listen_port, subnet_v4, subnet_v6, resources, "
+                    "dns FROM gateway WHERE id = 1"
+                ).fetchone()
+            if row is None:
+                raise ConfigError(
+                    "--state-dir", f"{db_path} holds no gateway: run tunplug-gateway init --force"
+                )
+        except BaseException:
+            connection.close()
+            raise
+        gateway = GatewayConfig(
+            private_key=private_key,
+            public_key=bytes(row[0]),
+            endpoint=row[1],
+            listen_port=row[2],
+            subnet_v4=IPv4Network(row[3]),
+            subnet_v6=IPv6Network(row[4]),
+            resources=tuple(ip_network(text) for text in json.loads(row[5])),
+            dns=tuple(ip_address(text) for text in json.loads(row[6])),
+        )
+        return cls(state_dir, connection, gateway, crypto)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- reading --------------------------------------------------------------------------
+    @property
+    def gateway(self) -> GatewayConfig:
+        return self._gateway
+
+    def version(self) -> int:
+        """A number that changes whenever a client is added or revoked (by any process);
+        cheap enough to poll several times a second. Traffic statistics do not change it."""
+        with self._lock, _sql("reading the version"):
+            row = self._connection.execute("SELECT version FROM gateway WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def clients(self, *, include_revoked: bool = False) -> list[ClientRecord]:
+        """Every active client (and with ``include_revoked`` the revoked ones), oldest first."""
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        with self._lock, _sql("listing clients"):
+            rows = self._connection.execute(
+                f"SELECT {_CLIENT_COLUMNS} FROM clients{where} ORDER BY id"
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    # -- writing --------------------------------------------------------------------------
+    def add_client(self, name: str) -> IssuedClient:
+        """Register a client with new keys and the next free addresses.
+
+        The client's private key is not stored: it is only in the returned token and wg-quick
+        text. :raises ConfigError: the name is invalid or taken by an active client, or no
+            address is free.
+        """
+        validate_client_name(name)
+        if self._crypto is None:
+            self._crypto = _default_crypto()
+        private_key = self._crypto.generate_private_key()
+        public_key = self._crypto.public_key(private_key)
+        preshared_key = secrets.token_bytes(32)
+        gateway = self._gateway
+        with self._write("adding a client") as connection:
+            if connection.execute(
+                "SELECT 1 FROM clients WHERE name = ? AND revoked_at IS NULL", (name,)
+            ).fetchone():
+                raise ConfigError(
+                    "NAME", f"a client named {name!r} already exists (revoke it first)"
+                )
+            index = self._free_index(connection)
+            address_v4, address_v6 = gateway.subnet_v4[index], gateway.subnet_v6[index]
+            created_at = time.time()
+            connection.execute(
+                "INSERT INTO clients (name, public_key, preshared_key, address_index, "
+                "address_v4, address_v6, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    public_key,
+                    preshared_key,
+                    index,
+                    str(address_v4),
+                    str(address_v6),
+                    created_at,
+                ),
+            )
+            connection.execute("UPDATE gateway SET version = version + 1 WHERE id = 1")
+        record = ClientRecord(
+            name=name,
+            public_key=public_key,
+            preshared_key=preshared_key,
+            address_v4=address_v4,
+            address_v6=address_v6,
+            created_at=created_at,
+            revoked_at=None,
+            last_handshake=None,
+            rx_bytes=0,
+            tx_bytes=0,
+        )
+        issued = client_token.ClientToken(
+            name=name,
+            gateway_key=format_key(gateway.public_key),
+            endpoints=[gateway.endpoint],
+            private_key=format_key(private_key),
+            preshared_key=format_key(preshared_key),
+            addresses=[f"{address_v4}/32", f"{address_v6}/128"],
+            routes=[str(network) for network in gateway.resources],
+            dns_servers=list(gateway.dns),
+            persistent_keepalive=PERSISTENT_KEEPALIVE,
+        )
+        return IssuedClient(record, client_token.encode(issued), issued.to_wg_quick())
+
+    def revoke(self, name: str) -> ClientRecord:
+        """Revoke the active client ``name``; the running gateway drops it within a second.
+
+        :raises ConfigError: no client has that name, or it is already revoked.
+        """
+        with self._write("revoking a client") as connection:
+            row = connection.execute(
+                f"SELECT id, {_CLIENT_COLUMNS} FROM clients WHERE name = ? "
+                "ORDER BY revoked_at IS NULL DESC, id DESC LIMIT 1",
+                (name,),
+            ).fetchone()
+            if row is None:
+                raise ConfigError("NAME", f"no client named {name!r}")
+            if row[7] is not None:
+                raise ConfigError("NAME", f"client {name!r} is already revoked")
+            revoked_at = time.time()
+            connection.execute(
+                "UPDATE clients SET revoked_at = ? WHERE id = ?", (revoked_at, row[0])
+            )
+            connection.execute("UPDATE gateway SET version = version + 1 WHERE id = 1")
+        return _record((*row[1:7], revoked_at, *row[8:]))
+
+    def record_stats(self, stats: Iterable[tuple[bytes, float | None, int, int]]) -> None:
+        """Store ``(public_key, last_handshake, rx_bytes, tx_bytes)`` of active clients, as
+        the running gateway reports them. A ``None`` handshake keeps the one stored before.
+        Does not change :meth:`version`."""
+        rows = [(handshake, rx, tx, bytes(key)) for key, handshake, rx, tx in stats]
+        if not rows:
+            return
+        with self._write("recording statistics") as connection:
+            connection.executemany(
+                "UPDATE clients SET last_handshake = COALESCE(?, last_handshake), "
+                "rx_bytes = ?, tx_bytes = ? WHERE public_key = ? AND revoked_at IS NULL",
+                rows,
+            )
+
+    # -- internals ------------------------------------------------------------------------
+    @contextmanager
+    def _write(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One short write transaction, taking the write lock at once (no upgrade deadlock)."""
+        with self._lock, _sql(action):
+            connection = self._connection
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+    def _free_index(self, connection: sqlite3.Connection) -> int:
+        """The address index for a new client: never used before, else the longest-revoked."""
+        last_index = self._gateway.subnet_v4.num_addresses - 2  # before the broadcast address
+        (highest,) = connection.execute("SELECT MAX(address_index) FROM clients").fetchone()
+        candidate = (highest or 1) + 1
+        if candidate <= last_index:
+            return int(candidate)
+        row = connection.execute(
+            "SELECT address_index FROM clients GROUP BY address_index "
+            "HAVING SUM(revoked_at IS NULL) = 0 ORDER BY MAX(revoked_at) LIMIT 1"
+        ).fetchone()
+        if row is None:
+            raise ConfigError(
+                "NAME",
+                f"no free address left in {self._gateway.subnet_v4} (every one is held by an "
+                "active client): revoke a client, or re-initialise with a larger --subnet-v4",
+            )
+        return int(row[0])
+
+
+# -- validation -------------------------------------------------------------------------------
+def validate_client_name(name: str) -> str:
+    """:raises ConfigError: ``name`` is not 1-64 letters, digits, ``.``, ``_`` or ``-``."""
+    if not _NAME.fullmatch(name):
+        raise ConfigError(
+            "NAME", f"{name!r} is not a client name (1-64 letters, digits, '.', '_' or '-')"
+        )
+    return name
+
+
+def validate_endpoint(endpoint: str) -> str:
+    """Check ``host:port`` or ``[v6-address]:port`` without resolving the host.
+
+    :raises ConfigError: naming ``--endpoint``.
+    """
+    host, sep, port_text = endpoint.strip().rpartition(":")
+    problem = None
+    if not sep or not host:
+        problem = "expected HOST:PORT or [IPv6-ADDRESS]:PORT"
+    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        problem = f"port {port_text!r} is not 1-65535"
+    elif host.startswith("["):
+        try:
+            IPv6Address(host.removeprefix("[").removesuffix("]"))
+            problem = None if host.endswith("]") else "missing ']'"
+        except ValueError:
+            problem = f"{host} is not an IPv6 address"
+    elif ":" in host:
+        problem = "put an IPv6 address in brackets: [ADDRESS]:PORT"
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(part) for part in host.split(".")):
+        problem = f"{host!r} is not a host name or address"
+    if problem:
+        raise ConfigError("--endpoint", f"{problem} (got {endpoint!r})")
+    return endpoint.strip()
+
+
+def _subnets(subnet_v4: str, subnet_v6: str) -> tuple[IPv4Network, IPv6Network]:
+    network_v4 = _network(subnet_v4, "--subnet-v4", 4)
+    network_v6 = _network(subnet_v6, "--subnet-v6", 6)
+    assert isinstance(network_v4, IPv4Network) and isinstance(network_v6, IPv6Network)
+    if not _MIN_PREFIX_V4 <= network_v4.prefixlen <= _MAX_PREFIX_V4:
+        raise ConfigError(
+            "--subnet-v4",
+            f"prefix length must be /{_MIN_PREFIX_V4} to /{_MAX_PREFIX_V4}, got {network_v4}",
+        )
+    if not _MIN_PREFIX_V6 <= network_v6.prefixlen <= _MAX_PREFIX_V6:
+        raise ConfigError(
+            "--subnet-v6",
+            f"prefix length must be /{_MIN_PREFIX_V6} to /{_MAX_PREFIX_V6}, got {network_v6}",
+        )
+    if network_v6.num_addresses < network_v4.num_addresses:
+        raise ConfigError(
+            "--subnet-v6",
+            f"{network_v6} has fewer addresses than --subnet-v4 {network_v4} (each client gets "
+            "one of each)",
+        )
+    return network_v4, network_v6
+
+
+def _network(text: str, flag: str, version: int) -> IPv4Network | IPv6Network:
+    try:
+        network = ip_network(text.strip())
+    except ValueError as exc:
+        raise ConfigError(flag, f"{text!r} is not a network in CIDR form: {exc}") from None
+    if version and network.version != version:
+        raise ConfigError(flag, f"{text!r} is not an IPv{version} network")
+    return network
+
+
+def _resources(
+    resources: Sequence[str], subnet_v4: IPv4Network, subnet_v6: IPv6Network
+) -> tuple[IPv4Network | IPv6Network, ...]:
+    if not resources:
+        raise ConfigError("--resource", "give at least one network the clients may reach")
+    networks: list[IPv4Network | IPv6Network] = []
+    for text in resources:
+        network = _network(text, "--resource", 0)
+        subnet = subnet_v4 if isinstance(network, IPv4Network) else subnet_v6
+        if network.subnet_of(subnet):  # type: ignore[arg-type]
+            raise ConfigError("--resource", f"{network} is inside the clients' own subnet {subnet}")
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
+
+
+def _dns_servers(dns: Sequence[str]) -> tuple[IPv4Address | IPv6Address, ...]:
+    servers: list[IPv4Address | IPv6Address] = []
+    for text in dns:
+        try:
+            servers.append(ip_address(text.strip()))
+        except ValueError:
+            raise ConfigError("--dns", f"{text!r} is not an IP address") from None
+    return tuple(servers)
+
+
+# -- storage ----------------------------------------------------------------------------------
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise ConfigError("--state-dir", f"cannot read {path}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if isinstance(exc, PermissionError):
+        reason += " (run as root)"
+    return reason
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte, replacing atomically."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(text)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    with _sql(f"opening {path}"):
+        # Autocommit mode: reads see other processes' commits; writes use _write().
+        connection = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            connection.close()
+            raise
+    return connection
+
+
+def _migrate(connection: sqlite3.Connection, path: Path) -> None:
+    """Apply the missing steps of :data:`MIGRATIONS`, each in one transaction."""
+    with _sql(f"migrating {path}"):
+        while True:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = connection.execute("PRAGMA user_version").fetchone()
+                if version > SCHEMA_VERSION:
+                    raise ConfigError(
+                        "--state-dir",
+                        f"{path} has schema version {version}, newer than this tunplug knows "
+                        f"({SCHEMA_VERSION}): upgrade tunplug",
+                    )
+                if version == SCHEMA_VERSION:
+                    connection.execute("COMMIT")
+                    return
+                for statement in MIGRATIONS[version]:
+                    connection.execute(statement)
+                connection.execute(f"PRAGMA user_version = {version + 1}")
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
+
+
+@contextmanager
+def _sql(action: str) -> Iterator[None]:
+    """SQLite's errors as :class:`RegistryError`, saying what was being done."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise RegistryError(f"gateway registry: {action} failed: {exc}") from exc
+
+
+def _record(row: Sequence[Any]) -> ClientRecord:
+    return ClientRecord(
+        name=row[0],
+        public_key=bytes(row[1]),
+        preshared_key=bytes(row[2]),
+        address_v4=IPv4Address(row[3]),
+        address_v6=IPv6Address(row[4]),
+        created_at=row[5],
+        revoked_at=row[6],
+        last_handshake=row[7],
+        rx_bytes=row[8],
+        tx_bytes=row[9],
+    )
+
+
+def _default_crypto() -> CryptoBackend:
+    """The crypto backend the settings (``TUNPLUG_CRYPTO_BACKEND``) choose."""
+    from tunplug.app import App
+    from tunplug.config import load_settings
+
+    return App(load_settings()).crypto()
