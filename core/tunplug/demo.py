@@ -2,10 +2,10 @@
 
 Who calls it: ``tunplug demo`` (the README's first command).
 
-- As root on Linux (the default there): a **live demo** in two fresh network namespaces joined
-  by veth. The gateway and the client are real ``tunplug-headless-client`` processes with real
-  TUN devices; the kernel's ``ping`` and ``iperf3`` run through the tunnel; everything is
-  removed at the end.
+- As root on Linux (the default there): a **live demo** in three fresh network namespaces
+  (client, gateway, resource; see :mod:`tunplug.gateway_demo`). A real ``tunplug-gateway``
+  issues a token, a real ``tunplug-headless-client`` uses it, and traffic to a TCP service in
+  the resource namespace flows through the tunnel; everything is removed at the end.
 - ``--in-process`` (the default without root): both ends in this process on fake devices over
   an in-memory network; the gateway side answers ICMP echo requests the way a kernel would.
 """
@@ -98,43 +98,11 @@ def live_demo_unavailable_reason() -> str | None:
     return None
 
 
-def run_live_demo(*, count: int = 5, seconds: float = 3.0) -> int:
-    """Gateway and client in two namespaces; ping both address families, then iperf3."""
-    from tunplug.testing.interop import topology
+def run_live_demo(*, count: int = 3, seconds: float = 5.0) -> int:
+    """Client, gateway and resource in three namespaces; traffic to the resource's service."""
+    from tunplug.gateway_demo import GatewayDemo
 
     # SIGTERM unwinds like Ctrl-C, so the namespaces are removed either way.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-
-    def step(message: str) -> None:
-        print(f"==> {message}", flush=True)
-
-    step("creating two network namespaces joined by a veth pair (10.201.0.1 <-> 10.201.0.2)")
-    with topology("tunplug", "tunplug") as topo:
-        client, gateway = topo.a, topo.b
-        step(
-            f"starting the gateway in {gateway.ns.name}: tunplug-headless-client on "
-            f"{gateway.ifname}, tunnel address {gateway.tunnel_v4}, UDP port 51820"
-        )
-        step(
-            f"starting the client in {client.ns.name}: tunplug-headless-client on "
-            f"{client.ifname}, tunnel address {client.tunnel_v4}, peer 10.201.0.2:51820"
-        )
-        topo.connect(initiator="a")
-        failures = 0
-        for address in (gateway.tunnel_v4, gateway.tunnel_v6):
-            step(f"ping {address} from the client, through the tunnel")
-            result = topo.ping("a", address, count=count)
-            print(result.stdout.rstrip())
-            failures += result.returncode != 0
-        if shutil.which("iperf3"):
-            for reverse in (False, True):
-                direction = "gateway -> client" if reverse else "client -> gateway"
-                step(f"iperf3 for {seconds:.0f} s, {direction}")
-                report = topo.iperf3(client="a", seconds=seconds, reverse=reverse)
-                mbps = report["end"]["sum_received"]["bits_per_second"] / 1e6
-                print(f"    {mbps:.0f} Mbit/s through the tunnel")
-        else:
-            step("iperf3 is not installed: skipping the throughput part (scripts/dev setup)")
-        step("stopping the client and the gateway (SIGTERM)")
-    step("namespaces, devices and processes removed")
-    return 1 if failures else 0
+    with GatewayDemo() as demo:
+        return demo.run(count=count, seconds=seconds)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields, replace
 from dataclasses import field as dc_field
 from ipaddress import IPv4Network, IPv6Network
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -128,6 +129,11 @@ class InterfaceHooks:
     notifier: Notifier = dc_field(default_factory=lambda: Notifier(""))
     full_tunnel_mark: int = 51820
     exit_after_handshake: float | None = None
+    #: Tasks that run beside the engine once the tunnel is up (the gateway's registry poll,
+    #: stats writer and metrics server); each gets the running device. One failing ends the run.
+    background: Sequence[Callable[[WireGuardDevice], Coroutine[Any, Any, None]]] = ()
+    #: Tunnel address -> peer name, for plugins (:attr:`TunnelInfo.peer_name`).
+    peer_name: Callable[[str], str | None] | None = None
 
 
 async def run_interface(
@@ -215,6 +221,7 @@ class _Runner:
             queues=tun.queues,
             addresses=config.addresses,
             peers=len(config.peers),
+            peer_name=hooks.peer_name,
         )
         engine = self.engine = TunnelEngine(tun, transport, self.device, app.pipeline(info))
         error: BaseException | None = None
@@ -257,6 +264,8 @@ class _Runner:
                     # start(), not start_soon(): the handlers must be in place before "tunnel
                     # is up" is announced, or an early SIGINT is a bare KeyboardInterrupt.
                     await tasks.start(self._signals, tasks.cancel_scope, name="signals")
+                for task in hooks.background:
+                    tasks.start_soon(task, self.device, name=getattr(task, "__name__", "task"))
                 hooks.notifier.ready(f"{tun.name} up, waiting for a handshake")
                 if hooks.on_ready is not None:
                     hooks.on_ready(ready)

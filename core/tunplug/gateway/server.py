@@ -1,0 +1,383 @@
+"""``tunplug-gateway run``: serve every registered client, forward and NAT to the resources.
+
+Who calls it: :mod:`tunplug.cli.gateway` (``run`` and ``status``) and the live demo. The
+gateway is one WireGuard interface (the registry's key, listen port and the first address of
+each tunnel subnet) with one peer per client. Around it:
+
+- nftables and forwarding (:mod:`.firewall`): clients reach the resources (masqueraded), and
+  nothing else; dropped packets are counted;
+- a registry poll every :data:`POLL_INTERVAL` seconds: a client added or revoked with
+  ``tunplug-gateway client add/revoke`` (another process) is added to or removed from the
+  running device within a second, the other clients' sessions untouched;
+- a stats writer: last handshake and bytes of each client go to the registry every
+  :data:`STATS_INTERVAL` seconds (``client list`` and ``status`` read them);
+- an HTTP endpoint (default 127.0.0.1:9586): ``/healthz``, ``/readyz``, ``/metrics``
+  (Prometheus text format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from ipaddress import IPv4Interface, IPv6Interface
+
+import anyio
+import anyio.abc
+
+from tunplug import __version__
+from tunplug.app import App
+from tunplug.exceptions import ConfigError
+from tunplug.gateway import firewall
+from tunplug.gateway.registry import ClientRecord, Registry
+from tunplug.gateway.settings import GatewaySettings
+from tunplug.node import InterfaceHooks, RunningInterface, run_interface
+from tunplug.systemd import Notifier
+from tunplug.wgquick import PeerSection, WgQuickConfig
+from tunplug.wireguard import PeerConfig, WireGuardDevice
+from tunplug.wireguard.keys import format_key
+
+log = logging.getLogger(__name__)
+
+#: How often the running gateway looks for added or revoked clients (seconds).
+POLL_INTERVAL = 0.25
+#: How often client statistics are written to the registry (seconds).
+STATS_INTERVAL = 2.0
+#: The largest HTTP request head the metrics endpoint reads.
+MAX_REQUEST = 8192
+
+
+def client_peer(client: ClientRecord) -> PeerConfig:
+    """The WireGuard peer of a registered client: its key, PSK and its two addresses."""
+    return PeerConfig(
+        public_key=client.public_key,
+        preshared_key=client.preshared_key,
+        endpoint=None,
+        allowed_ips=(
+            IPv4Interface(f"{client.address_v4}/32").network,
+            IPv6Interface(f"{client.address_v6}/128").network,
+        ),
+        persistent_keepalive=None,
+    )
+
+
+def interface_config(registry: Registry) -> WgQuickConfig:
+    """The gateway interface: key, port, an address in each subnet, one peer per client."""
+    gateway = registry.gateway
+    return WgQuickConfig(
+        private_key=gateway.private_key,
+        addresses=(
+            IPv4Interface(f"{gateway.gateway_address_v4}/{gateway.subnet_v4.prefixlen}"),
+            IPv6Interface(f"{gateway.gateway_address_v6}/{gateway.subnet_v6.prefixlen}"),
+        ),
+        listen_port=gateway.listen_port,
+        peers=tuple(
+            PeerSection(
+                public_key=client.public_key,
+                preshared_key=client.preshared_key,
+                allowed_ips=client_peer(client).allowed_ips,
+            )
+            for client in registry.clients()
+        ),
+    )
+
+
+@dataclass
+class GatewayState:
+    """What the background tasks share: the clients being served, readiness, counters."""
+
+    registry: Registry
+    interface: str
+    clients: dict[bytes, ClientRecord] = field(default_factory=dict)
+    names_by_address: dict[str, str] = field(default_factory=dict)
+    ready: bool = False
+    device: WireGuardDevice | None = None
+    started: float = field(default_factory=time.time)
+
+    def set_clients(self, clients: list[ClientRecord]) -> None:
+        self.clients = {client.public_key: client for client in clients}
+        self.names_by_address = {
+            str(address): client.name
+            for client in clients
+            for address in (client.address_v4, client.address_v6)
+        }
+
+    def peer_name(self, address: str) -> str | None:
+        return self.names_by_address.get(address)
+
+
+async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
+    """Apply clients added or revoked (by another process) to the running device."""
+    registry = state.registry
+    seen = registry.version()
+    while True:
+        await anyio.sleep(POLL_INTERVAL)
+        version = registry.version()
+        if version == seen:
+            continue
+        seen = version
+        current = await anyio.to_thread.run_sync(registry.clients)
+        wanted = {client.public_key: client for client in current}
+        for key, client in state.clients.items():
+            if key not in wanted:
+                device.remove_peer(key)
+                log.info("client %s revoked: removed, its sessions erased", client.name)
+        for key, client in wanted.items():
+            if key not in state.clients:
+                device.add_peer(client_peer(client))
+                log.info(
+                    "client %s added: %s, %s", client.name, client.address_v4, client.address_v6
+                )
+        state.set_clients(current)
+
+
+def peer_records(
+    device: WireGuardDevice, monotonic: Callable[[], float] = time.monotonic
+) -> list[tuple[bytes, float | None, int, int]]:
+    """(public key, last handshake as Unix time, rx, tx) of every peer."""
+    offset = time.time() - monotonic()
+    return [
+        (
+            peer.public_key,
+            None if peer.last_handshake is None else peer.last_handshake + offset,
+            peer.rx_bytes,
+            peer.tx_bytes,
+        )
+        for peer in device.peer_stats()
+    ]
+
+
+async def write_stats(state: GatewayState, device: WireGuardDevice) -> None:
+    """Client statistics into the registry, every few seconds and once more at the end."""
+    try:
+        while True:
+            await anyio.sleep(STATS_INTERVAL)
+            records = peer_records(device)
+            await anyio.to_thread.run_sync(state.registry.record_stats, records)
+    finally:
+        # Synchronous on purpose: it must run even while the task is being cancelled.
+        state.registry.record_stats(peer_records(device))
+
+
+def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
+    """Prometheus text exposition of the gateway's state."""
+    lines = [
+        "# HELP tunplug_gateway_info The running gateway.",
+        "# TYPE tunplug_gateway_info gauge",
+        f'tunplug_gateway_info{{version="{__version__}",interface="{state.interface}"}} 1',
+        "# HELP tunplug_gateway_clients Registered clients being served.",
+        "# TYPE tunplug_gateway_clients gauge",
+        f"tunplug_gateway_clients {len(state.clients)}",
+    ]
+    peers = {peer.public_key: peer for peer in device.peer_stats()}
+    connected = sum(1 for peer in peers.values() if peer.last_handshake is not None)
+    lines += [
+        "# HELP tunplug_gateway_clients_connected Clients with at least one handshake.",
+        "# TYPE tunplug_gateway_clients_connected gauge",
+        f"tunplug_gateway_clients_connected {connected}",
+    ]
+    offset = time.time() - time.monotonic()
+    per_client = [
+        ("rx_bytes_total", "counter", "Bytes received from the client.", "rx_bytes"),
+        ("tx_bytes_total", "counter", "Bytes sent to the client.", "tx_bytes"),
+    ]
+    for metric, kind, help_text, attribute in per_client:
+        lines += [
+            f"# HELP tunplug_gateway_client_{metric} {help_text}",
+            f"# TYPE tunplug_gateway_client_{metric} {kind}",
+        ]
+        for key, client in state.clients.items():
+            peer = peers.get(key)
+            value = getattr(peer, attribute) if peer is not None else 0
+            lines.append(f'tunplug_gateway_client_{metric}{{client="{client.name}"}} {value}')
+    lines += [
+        "# HELP tunplug_gateway_client_last_handshake_seconds Unix time of the last handshake.",
+        "# TYPE tunplug_gateway_client_last_handshake_seconds gauge",
+    ]
+    for key, client in state.clients.items():
+        peer = peers.get(key)
+        if peer is not None and peer.last_handshake is not None:
+            value = peer.last_handshake + offset
+            lines.append(
+                f'tunplug_gateway_client_last_handshake_seconds{{client="{client.name}"}} '
+                f"{value:.3f}"
+            )
+    dropped = firewall.dropped_packets(state.interface)
+    if dropped is not None:
+        lines += [
+            "# HELP tunplug_gateway_dropped_not_resource_packets_total Packets from clients "
+            "to destinations that are not resources.",
+            "# TYPE tunplug_gateway_dropped_not_resource_packets_total counter",
+            f"tunplug_gateway_dropped_not_resource_packets_total {dropped}",
+        ]
+    for reason, count in sorted(device.drops.items()):
+        lines.append(f'tunplug_gateway_wireguard_drops_total{{reason="{reason}"}} {count}')
+    return "\n".join(lines) + "\n"
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) of the metrics endpoint. :raises ConfigError:"""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--metrics-address", f"expected host:port or 'off', got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve_http(
+    state: GatewayState,
+    device: WireGuardDevice,
+    address: tuple[str, int],
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """``/healthz``, ``/readyz`` and ``/metrics`` over plain HTTP/1.0, one request a connection."""
+    listener = await anyio.create_tcp_listener(local_host=address[0], local_port=address[1])
+    log.info("health and metrics on http://%s:%d/metrics", *address)
+    task_status.started()
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            head = b""
+            with anyio.move_on_after(5):
+                while b"\r\n\r\n" not in head and len(head) < MAX_REQUEST:
+                    try:
+                        head += await stream.receive(4096)
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+            parts = head.split(b" ", 2)
+            path = parts[1].decode("latin-1", "replace") if len(parts) > 1 else ""
+            if parts[0] != b"GET":
+                status, body = "405 Method Not Allowed", "only GET\n"
+            elif path == "/healthz":
+                status, body = "200 OK", "ok\n"
+            elif path == "/readyz":
+                status, body = (
+                    ("200 OK", "ready\n")
+                    if state.ready
+                    else ("503 Service Unavailable", "starting\n")
+                )
+            elif path == "/metrics":
+                status, body = "200 OK", metrics_text(state, device)
+            else:
+                status, body = "404 Not Found", "try /healthz, /readyz or /metrics\n"
+            payload = body.encode()
+            response = (
+                f"HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            ).encode() + payload
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(response)
+
+    async with listener:
+        await listener.serve(handle)
+
+
+def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None:
+    """Serve until SIGINT/SIGTERM (blocking). :raises TunplugError: one line on failure."""
+    gateway = registry.gateway
+    config = interface_config(registry)
+    state = GatewayState(registry, settings.interface)
+    state.set_clients(registry.clients())
+    metrics = None if settings.metrics_address == "off" else parse_address(settings.metrics_address)
+    notifier = Notifier()
+
+    async def start_metrics(device: WireGuardDevice) -> None:
+        if metrics is not None:
+            await serve_http(state, device, metrics)
+        else:
+            await anyio.sleep_forever()
+
+    def on_ready(running: RunningInterface) -> None:
+        state.ready = True
+        log.info(
+            "tunnel is up on %s (UDP port %d): gateway %s, %d client(s), resources %s",
+            running.interface,
+            running.listen_port,
+            format_key(gateway.public_key),
+            len(state.clients),
+            ", ".join(map(str, gateway.resources)),
+        )
+        notifier.status(f"serving {len(state.clients)} client(s) on {running.interface}")
+
+    hooks = InterfaceHooks(
+        on_ready=on_ready,
+        notifier=notifier,
+        background=(
+            partial(follow_registry, state),
+            partial(write_stats, state),
+            start_metrics,
+        ),
+        peer_name=state.peer_name,
+    )
+    with (
+        firewall.forwarding(),
+        firewall.firewall(
+            settings.interface, gateway.subnet_v4, gateway.subnet_v6, gateway.resources
+        ),
+    ):
+        anyio.run(
+            partial(
+                run_interface, app, config, name=settings.interface, role="gateway", hooks=hooks
+            )
+        )
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    delta = max(0.0, time.time() - seconds)
+    if delta < 120:
+        return f"{delta:.0f} s ago"
+    if delta < 7200:
+        return f"{delta / 60:.0f} min ago"
+    return f"{delta / 3600:.1f} h ago"
+
+
+def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -> int:
+    """``tunplug-gateway status``: the interface and every client, like ``wg show``."""
+    gateway = registry.gateway
+    clients = registry.clients()
+    running = firewall.dropped_packets(settings.interface) is not None
+    if as_json:
+        json.dump(
+            {
+                "interface": settings.interface,
+                "running": running,
+                "public_key": format_key(gateway.public_key),
+                "endpoint": gateway.endpoint,
+                "listen_port": gateway.listen_port,
+                "resources": [str(n) for n in gateway.resources],
+                "dropped_not_resource": firewall.dropped_packets(settings.interface),
+                "peers": [
+                    {
+                        "name": c.name,
+                        "public_key": format_key(c.public_key),
+                        "allowed_ips": [f"{c.address_v4}/32", f"{c.address_v6}/128"],
+                        "last_handshake": c.last_handshake,
+                        "rx_bytes": c.rx_bytes,
+                        "tx_bytes": c.tx_bytes,
+                    }
+                    for c in clients
+                ],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return 0
+    print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
+    print(f"  public key: {format_key(gateway.public_key)}")
+    print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
+    print(f"  resources: {', '.join(map(str, gateway.resources))}")
+    for client in clients:
+        print()
+        print(f"peer: {format_key(client.public_key)} ({client.name})")
+        print(f"  allowed ips: {client.address_v4}/32, {client.address_v6}/128")
+        print(f"  latest handshake: {_ago(client.last_handshake)}")
+        print(f"  transfer: {client.rx_bytes} B received, {client.tx_bytes} B sent")
+    return 0
