@@ -30,12 +30,18 @@ def test_in_process_demo_answers_every_ping():
 
 
 @pytest.mark.root
-def test_live_demo_carries_traffic_between_namespaces_and_cleans_up():
+def test_live_demo_reaches_the_resource_through_the_gateway_and_cleans_up():
     before = namespaces()
     result = subprocess.run(
-        [TUNPLUG, "demo", "--count", "2"], capture_output=True, text=True, timeout=120, check=False
+        [TUNPLUG, "demo", "--count", "2"], capture_output=True, text=True, timeout=180, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("2 packets transmitted, 2 received") == 2  # IPv4 and IPv6
-    assert result.stdout.count("Mbit/s through the tunnel") == 2
+    out = result.stdout
+    assert "tunplug-gateway client add demo-laptop" in out
+    assert "2 packets transmitted, 2 received" in out
+    assert "the client routes only the resources into the tunnel: 10.210.0.0/24" in out
+    live = [line for line in out.splitlines() if "gateway received" in line]
+    assert len(live) >= 3, out  # one line per second of iperf3
+    assert "handshake none yet" not in live[-1]
+    assert "average 0 Mbit/s" not in out
     assert namespaces() == before
