@@ -35,7 +35,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tunplug.events import TunnelInfo
 from tunplug.tun import Packet
@@ -182,14 +182,44 @@ class FlowLogStage:
             first_counter + 1,
             first_counter + 2,
         )
-        tcp_flags = self._tcp_flags
-        new_flow = self._new_flow
+        # A slice of a bytes packet that is a memoryview hashes and compares like bytes, so
+        # it may be looked up as it is; only a flow's stored key must be real bytes.
+        tcp_get = cast("Callable[[Packet], Flow | None]", tcp.get)
+        tcp_flags, new_flow = self._tcp_flags, self._new_flow
         for packet in packets:
             size = len(packet)
+            first = packet[0] if size >= 40 else 0  # 40: IPv4 + TCP, or IPv6, headers
+            if first == 0x45 and packet[9] == 6:
+                # The fast path: TCP in IPv4 without options, indices written out.
+                fragment = packet[6]  # flags and offset; 0x40 (DF) in nearly all TCP
+                if fragment != 0x40 and (fragment & 0x1F or packet[7]):
+                    continue  # a non-first fragment: no TCP header to read
+                header = (packet[32] >> 2) & 0x3C  # the data offset, in bytes
+                if header < 20 or size < 20 + header:
+                    continue
+                key = packet[12:24]
+                try:
+                    flow = tcp_get(key)
+                except (TypeError, ValueError):  # slices of bytearrays cannot be hashed
+                    key = bytes(key)
+                    flow = tcp_get(key)
+                payload = size - 20 - header
+                flags = packet[33]
+                if flow is None:
+                    if flags & 0x04 or not (payload or flags & 0x02):  # RST; neither SYN nor data
+                        continue
+                    flow = new_flow(tcp, bytes(key), 6, outbound, now)
+                if flags & 0x07:  # FIN, SYN or RST
+                    flow = tcp_flags(flow, flags, outbound, now)
+                flow[count_bytes] += size
+                flow[count_packets] += 1
+                flow[count_payload] += payload
+                flow[LAST] = now
+                continue
             if size < 20:
                 continue
             first = packet[0]
-            if first == 0x45:  # IPv4 without options: by far the most common
+            if first == 0x45:
                 if packet[6] & 0x1F or packet[7]:
                     continue  # a non-first fragment: no ports to key it on
                 protocol = packet[9]
@@ -221,7 +251,7 @@ class FlowLogStage:
                     key = bytes(key)
                 payload = size - offset - header
                 flags = packet[offset + 13]
-                flow = tcp.get(key)
+                flow = tcp_get(key)
                 if flow is None:
                     if flags & _RST or not (payload or flags & _SYN):
                         continue

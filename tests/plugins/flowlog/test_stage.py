@@ -94,6 +94,18 @@ def test_bytearray_and_memoryview_packets_are_counted_like_bytes(make_stage, log
     assert (line["packets_in"], line["payload_in"], line["reason"]) == (1, 30, "shutdown")
 
 
+def test_tcp_in_bytearrays_and_memoryviews_of_bytearrays_is_counted(make_stage, log_dir):
+    stage = make_stage()
+    syn = tcp(*V4, 7, 8, SYN)
+    data = tcp(*V4, 7, 8, ACK, b"d" * 9)
+    stage.outbound([bytearray(syn), memoryview(bytearray(data)), memoryview(data)])
+    stage.inbound([bytearray(tcp(*V6, 7, 8, ACK, b"v6"))])
+    stage.close()
+    v4, v6 = read_log(log_dir)
+    assert (v4["packets_out"], v4["payload_out"], v4["bytes_out"]) == (3, 18, 40 + 2 * 49)
+    assert (v6["src"], v6["packets_in"], v6["payload_in"]) == (V6[0], 1, 2)
+
+
 def test_rst_ends_the_flow_and_trailing_segments_start_none(make_stage, log_dir, clock):
     stage = make_stage()
     syn = tcp(*V4, 40001, 443, SYN)
