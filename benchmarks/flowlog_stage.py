@@ -10,7 +10,8 @@ packets (IPv4 unless the row says otherwise). The anchor is the cheapest per-pac
 stage can do (a loop calling ``len`` on every packet), measured in the same run; compare the
 ratios, not the nanoseconds, across machines. The last rows give the cost of flow churn (every
 packet a new flow, so every packet also ends one and formats its JSON line) and of one idle
-scan over a full table of 65536 flows, which runs at most once per second. The log goes to a
+scan over a full table of 65536 flows at its worst (all old, none expired), which runs at
+most once per second. The log goes to a
 temporary directory that is removed afterwards. Nothing in CI runs this.
 """
 
@@ -28,7 +29,12 @@ from pathlib import Path
 
 from tunplug.events import TunnelInfo
 from tunplug.tun import Packet
-from tunplug_flowlog.stage import MAX_FLOWS, FlowLogStage
+from tunplug_flowlog.stage import (
+    MAX_FLOWS,
+    TCP_TRANSITORY_TIMEOUT,
+    UDP_TIMEOUT,
+    FlowLogStage,
+)
 
 BATCH = 100
 PACKET_SIZE = 1400
@@ -47,6 +53,25 @@ def tcp_packet(src: str, dst: str, sport: int, dport: int, size: int = PACKET_SI
         payload = bytes(size - 60)
         header = struct.pack("!IHBB16s16s", 6 << 28, size - 40, 6, 64, source.packed, dest.packed)
     return header + segment + payload
+
+
+def udp_packet(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A small UDP/IPv4 packet (checksums left zero)."""
+    payload = b"query"
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        28 + len(payload),
+        0,
+        0,
+        64,
+        17,
+        0,
+        ip_address(src).packed,
+        ip_address(dst).packed,
+    )
+    return header + struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
 
 
 def bare_loop(packets: list[Packet]) -> list[Packet]:
@@ -120,16 +145,22 @@ def main() -> None:
         rows.append(("flow-log, every packet a new flow", best_of(max(3, runs // 3), churn_run)))
         churn.close()
 
-        full = FlowLogStage(Path(directory), tunnel)
+        # The idle scan at its worst: every flow older than the shortest timeout (so each is
+        # looked at closely) and none expired yet (so each is looked at again next second).
+        clock = [time.time()]
+        full = FlowLogStage(Path(directory), tunnel, clock=lambda: clock[0])
         for start in range(0, MAX_FLOWS, BATCH):
             full.outbound(
                 [
-                    tcp_packet("10.0.0.2", "10.0.0.1", 1 + (n >> 16), n & 0xFFFF, 60)
+                    udp_packet("10.0.0.2", "10.0.0.1", 1 + (n >> 16), n & 0xFFFF)
                     for n in range(start, start + BATCH)
                 ]
             )
-        now = time.time()
-        scan = best_of(runs, lambda: _time_scan(full, now))
+        assert full.open_flows == MAX_FLOWS
+        clock[0] += TCP_TRANSITORY_TIMEOUT + 1
+        assert TCP_TRANSITORY_TIMEOUT + 1 + runs < UDP_TIMEOUT  # each scan adds a second
+        scan = best_of(runs, partial(_time_scan, full, clock))
+        assert full.open_flows == MAX_FLOWS
         full.close()
 
     anchor = rows[0][1]
@@ -140,13 +171,12 @@ def main() -> None:
     print(f"idle scan of {MAX_FLOWS} open flows (at most once a second): {scan / 1e6:.1f} ms")
 
 
-def _time_scan(stage: FlowLogStage, now: float) -> float:
-    """Nanoseconds of one housekeeping pass (nothing is idle yet, so nothing is written)."""
+def _time_scan(stage: FlowLogStage, clock: list[float]) -> float:
+    """Nanoseconds of one housekeeping pass, a second after the last one."""
+    clock[0] += 1.0
     start = time.perf_counter_ns()
-    stage.tick(now + 2.0)
-    elapsed = time.perf_counter_ns() - start
-    stage._next_housekeeping = 0.0  # let the next call scan again
-    return float(elapsed)
+    stage.tick()
+    return float(time.perf_counter_ns() - start)
 
 
 if __name__ == "__main__":

@@ -144,7 +144,7 @@ class FlowLogStage:
         return packets
 
     # -- housekeeping and shutdown ------------------------------------------------------------
-    def tick(self, now: float | None = None) -> None:
+    def tick(self) -> None:
         """Expire idle flows and write buffered lines if a second has passed since last time.
 
         Batch calls do this themselves; a caller with a timer may call it when traffic stops,
@@ -152,7 +152,7 @@ class FlowLogStage:
         """
         if self._closed:
             return
-        now = self.clock() if now is None else now
+        now = self.clock()
         if now >= self._next_housekeeping:
             self._housekeeping(now)
 
