@@ -373,8 +373,8 @@ class FlowLogStage:
             half = len(addresses) // 2
             src, dst, sport, dport = addresses[:half], addresses[half:], 0, 0
         record = {
-            "start": flow[START],
-            "end": flow[LAST],
+            "start": round(flow[START], 6),
+            "end": round(flow[LAST], 6),
             "protocol": _PROTOCOL_NAMES.get(protocol, protocol),
             "src": _address(src),
             "sport": sport,
