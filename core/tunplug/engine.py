@@ -140,6 +140,8 @@ class TunnelEngine:
                 with anyio.move_on_after(delay):
                     await self._timer_wakeup.wait()
                 self._timer_wakeup = anyio.Event()
+            if self.pipeline.stages:
+                self.pipeline.tick()
             now = self.clock()
             deadline = processor.next_deadline()
             if deadline is not None and deadline <= now:

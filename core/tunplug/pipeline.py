@@ -24,6 +24,8 @@ class Stage(Protocol):
 
     A stage must not block (it runs on the event loop) and must not keep references to the
     packets it is given beyond the call unless it copies them: backends reuse their buffers.
+    A stage may also have a ``tick()`` method for timed work: the engine calls it about once a
+    second (see :meth:`Pipeline.tick`).
     """
 
     #: Shown in logs and ``tunplug status``.
@@ -61,6 +63,16 @@ class Pipeline:
                 break
             packets = stage.inbound(packets)
         return packets
+
+    def tick(self) -> None:
+        """Let stages that have a ``tick()`` do timed work (flush logs, expire state).
+
+        The engine calls it from its timer task, about once a second, never per packet.
+        """
+        for stage in self.stages:
+            tick = getattr(stage, "tick", None)
+            if tick is not None:
+                tick()
 
     @property
     def names(self) -> list[str]:

@@ -111,6 +111,25 @@ async def test_a_stage_can_drop_packets(tunplug_plugin_host):
         assert pair.gateway.tun.pending_out == 0
 
 
+async def test_stages_with_a_tick_are_ticked_by_the_timer_without_traffic():
+    class Ticking:
+        name = "ticking"
+        ticks = 0
+
+        def outbound(self, packets):
+            return packets
+
+        def inbound(self, packets):
+            return packets
+
+        def tick(self):
+            Ticking.ticks += 1
+
+    async with open_tunnel_pair(CryptographyBackend(), client_pipeline=_pipeline(Ticking())):
+        await anyio.sleep(2.3)  # no packet at all: only the engine's timer task runs
+    assert 2 <= Ticking.ticks <= 6  # about once a second (IDLE_TICK), not in a busy loop
+
+
 def _pipeline(*stages):
     from tunplug.pipeline import Pipeline
 
