@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from tunplug import __version__
 from tunplug.app import App
@@ -75,7 +76,39 @@ def build_parser() -> argparse.ArgumentParser:
         "the default when the live demo cannot run)",
     )
     demo.add_argument("--count", type=int, default=5, help="pings to send (default 5)")
+    _add_service_commands(commands)
     return parser
+
+
+def _add_service_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ctl`` and ``status``: clients of the tunnel service (:mod:`tunplug.service.client`)."""
+    socket_help = "the tunnel service's socket (TUNPLUG_SERVICE_SOCKET, default "
+    socket_help += "/run/dev.tunplug.client/tunnel.sock)"
+    ctl = commands.add_parser(
+        "ctl",
+        help="drive the tunnel service: connect, disconnect, status, watch",
+        description="Command-line client of tunplug-tunnel-service (protocol: docs/ipc.md).",
+    )
+    ctl.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+    actions = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
+    connect = actions.add_parser(
+        "connect", help="connect with a token (from --token-file, or standard input)"
+    )
+    connect.add_argument("--token-file", type=Path, metavar="FILE", help="mode 600 token file")
+    actions.add_parser("disconnect", help="take the tunnel down")
+    for name, text in (("status", "show the tunnel"), ("watch", "show events as they come")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("--json", action="store_true", help="print JSON")
+    status = commands.add_parser(
+        "status",
+        help="show the tunnel (interface, peers, handshakes, transfer), like 'wg show'",
+        description="Show the tunnel service's tunnel, or with --gateway-state a gateway's.",
+    )
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+    status.add_argument(
+        "--gateway-state", type=Path, metavar="DIR", help="a gateway's state directory"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,6 +129,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("stdin", str(exc)) from None
             print(format_key(App(settings).crypto().public_key(private)))
             return EXIT_OK
+        if args.command in ("ctl", "status"):
+            from tunplug.service import client
+
+            socket_path = args.socket or client.default_socket()
+            if args.command == "status":
+                return client.status_command(
+                    args.socket, as_json=args.json, gateway_state=args.gateway_state
+                )
+            if args.action == "connect":
+                return client.ctl_connect(socket_path, args.token_file)
+            if args.action == "disconnect":
+                return client.ctl_disconnect(socket_path)
+            if args.action == "status":
+                return client.ctl_status(socket_path, as_json=args.json)
+            return client.ctl_watch(socket_path, as_json=args.json)
         if args.command == "demo":
             from tunplug import demo
 
