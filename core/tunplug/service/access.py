@@ -30,8 +30,9 @@ log = logging.getLogger(__name__)
 
 #: ``SO_PEERGROUPS`` (Linux >= 4.13, asm-generic/socket.h); Python 3.11 does not name it.
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
-#: Supplementary groups read with ``SO_PEERGROUPS`` (NGROUPS_MAX is 65536; few have more).
-_MAX_PEER_GROUPS = 1024
+#: Supplementary groups read with ``SO_PEERGROUPS``: Python's getsockopt takes at most 1024
+#: bytes. A process with more groups (ERANGE) is looked up in the user database instead.
+_MAX_PEER_GROUPS = 256
 SOCKET_MODE = 0o660
 DIRECTORY_MODE = 0o755
 

@@ -73,7 +73,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    id: int = Field(default=0, ge=0, le=MAX_ID)
+    id: int = Field(default=0, ge=0, le=MAX_ID, strict=True)
 
 
 # -- requests (client -> service) -------------------------------------------------------------
