@@ -339,6 +339,13 @@ class TunnelService:
             reply = await self._answer(connection, request)
         except TunplugError as exc:
             reply = p.Error(id=request.id, code=p.ErrorCode.UNAVAILABLE, message=str(exc))
+        except Exception as exc:  # a bug: answered and logged, the service goes on
+            log.exception("%s request failed", request.type)
+            reply = p.Error(
+                id=request.id,
+                code=p.ErrorCode.INTERNAL,
+                message=f"{request.type} failed: {exc.__class__.__name__}",
+            )
         connection.post(reply)
         return True
 
