@@ -270,3 +270,17 @@ def test_stopping_tells_every_client_then_takes_the_tunnel_down_and_closes(harne
         assert recv_frame(quiet) is None
     assert not harness.path.exists()
     assert harness.service.tunnel is None
+
+
+def test_a_bug_in_a_request_is_an_internal_error_and_the_service_goes_on(harness, monkeypatch):
+    def broken() -> p.TunnelStatus:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(harness.service, "status", broken)
+    with harness.raw() as sock:
+        hello(sock)
+        error = reply_to(sock, p.Status(id=4))
+        assert error == {"id": 4, "type": "Error", "code": "internal",
+                         "message": "Status failed: KeyError"}  # fmt: skip
+        monkeypatch.undo()
+        assert status(sock)["state"] == "disconnected"
