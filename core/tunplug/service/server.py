@@ -55,6 +55,8 @@ OUTBOX_SIZE = 256
 FRAME_TIMEOUT = 10.0
 #: At shutdown, how long clients get to read their last frames.
 DRAIN_TIMEOUT = 2.0
+#: How long a closing connection waits for the client to close its end.
+CLOSE_TIMEOUT = 1.0
 
 CredentialsReader = Callable[[anyio.abc.SocketStream], PeerCredentials]
 
@@ -243,6 +245,7 @@ class TunnelService:
                 )
                 with contextlib.suppress(anyio.BrokenResourceError, OSError):
                     await stream.send(p.encode(refusal))
+                await _close_gracefully(stream)
                 return
             connection = _Connection(stream, credentials)
             self.connections.add(connection)
@@ -253,6 +256,7 @@ class TunnelService:
                         tasks.start_soon(self._write, connection, tasks.cancel_scope)
                         await self._read(connection)
                         connection.outbox.close()
+                    await _close_gracefully(stream)
             except Exception:
                 log.exception("client %s: unexpected error", credentials.describe())
             finally:
@@ -554,6 +558,21 @@ class TunnelService:
             dns_control=tunnel.dns_control,
             peers=_peers(tunnel.device) if tunnel.device is not None else [],
         )
+
+
+async def _close_gracefully(stream: anyio.abc.SocketStream) -> None:
+    """End our side, then drop what the client still sends until it closes (briefly).
+
+    Closing a Unix socket with unread data resets the connection, and the client may lose the
+    last frames we sent (e.g. the refusal): so the unread data is read first.
+    """
+    with (
+        anyio.move_on_after(CLOSE_TIMEOUT),
+        contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError),
+    ):
+        await stream.send_eof()
+        while await stream.receive():
+            pass
 
 
 def _truncated(message: str) -> p.Error:

@@ -133,7 +133,7 @@ def start_service(
         source=ConfigSource(None, token_path),
         group_gid=os.getgid(),
         interface="tpsvc0",
-        credentials=fake_credentials,
+        credentials=kwargs.pop("credentials", fake_credentials),
         handle_signals=False,
         stats_interval=0.1,
         **kwargs,
