@@ -240,6 +240,8 @@ class Registry:
         connection = _connect(db_path)
         try:
             _migrate(connection, db_path)
+            resource_texts = json.dumps([str(network) for network in networks])
+            dns_texts = json.dumps([str(server) for server in servers])
             with _sql("storing the gateway"):
                 connection.execute(
                     "INSERT INTO gateway (id, public_key, endpoint, listen_port, subnet_v4, "
@@ -250,25 +252,14 @@ class Registry:
                         listen_port,
                         str(network_v4),
                         str(network_v6),
-                        json.dumps([str(network) for network in networks]),
-                        json.dumps([str(server) for server in servers]),
+                        resource_texts,
+                        dns_texts,
                         time.time(),
                     ),
                 )
-        except BaseException:
+        finally:
             connection.close()
-            raise
-        gateway = GatewayConfig(
-            private_key=private_key,
-            public_key=public_key,
-            endpoint=endpoint,
-            listen_port=listen_port,
-            subnet_v4=network_v4,
-            subnet_v6=network_v6,
-            resources=networks,
-            dns=servers,
-        )
-        return cls(state_dir, connection, gateway, crypto)
+        return cls.open(state_dir, crypto=crypto)
 
     @classmethod
     def open(cls, state_dir: Path, *, crypto: CryptoBackend | None = None) -> Registry:
