@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -148,3 +151,25 @@ def test_ctl_watch_prints_events_until_the_service_stops(harness, capsys):
     events = [line for line in lines[2:] if not line.startswith("stats: ")]
     assert events == ["tunnel ready: tpsvc0 10.99.0.2/32", "the service is stopping"]
     assert any(line.startswith("stats: tpsvc0: ") for line in lines)
+
+
+def test_status_of_a_gateway_is_what_tunplug_gateway_status_prints(tmp_path):
+    bin_dir = Path(sys.executable).parent
+    state = tmp_path / "gateway"
+    init = subprocess.run(
+        [str(bin_dir / "tunplug-gateway"), "init", "--state-dir", str(state),
+         "--endpoint", "192.0.2.1:51820", "--resource", "10.50.0.0/24"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    for extra in ([], ["--json"]):
+        ours = subprocess.run(
+            [str(bin_dir / "tunplug"), "status", "--gateway-state", str(state), *extra],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        theirs = subprocess.run(
+            [str(bin_dir / "tunplug-gateway"), "status", "--state-dir", str(state), *extra],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert ours.returncode == theirs.returncode == 0, ours.stderr
+        assert ours.stdout == theirs.stdout and "10.50.0.0/24" in ours.stdout
