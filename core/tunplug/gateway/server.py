@@ -114,10 +114,11 @@ class GatewayState:
 async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
     """Apply clients added or revoked (by another process) to the running device."""
     registry = state.registry
-    seen = registry.version()
+    seen = await anyio.to_thread.run_sync(registry.version)
     while True:
         await anyio.sleep(POLL_INTERVAL)
-        version = registry.version()
+        # In a thread: a busy database (another process writing) must not stall the loop.
+        version = await anyio.to_thread.run_sync(registry.version)
         if version == seen:
             continue
         seen = version
@@ -327,19 +328,10 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
         )
 
 
-def _ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    delta = max(0.0, time.time() - seconds)
-    if delta < 120:
-        return f"{delta:.0f} s ago"
-    if delta < 7200:
-        return f"{delta / 60:.0f} min ago"
-    return f"{delta / 3600:.1f} h ago"
-
-
 def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -> int:
     """``tunplug-gateway status``: the interface and every client, like ``wg show``."""
+    from tunplug.cli.gateway import format_age, format_bytes
+
     gateway = registry.gateway
     clients = registry.clients()
     running = firewall.dropped_packets(settings.interface) is not None
@@ -378,6 +370,9 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
         print()
         print(f"peer: {format_key(client.public_key)} ({client.name})")
         print(f"  allowed ips: {client.address_v4}/32, {client.address_v6}/128")
-        print(f"  latest handshake: {_ago(client.last_handshake)}")
-        print(f"  transfer: {client.rx_bytes} B received, {client.tx_bytes} B sent")
+        print(f"  latest handshake: {format_age(client.last_handshake, time.time())}")
+        print(
+            f"  transfer: {format_bytes(client.rx_bytes)} received, "
+            f"{format_bytes(client.tx_bytes)} sent"
+        )
     return 0
