@@ -161,7 +161,7 @@ def test_tables_render_as_text_and_markdown():
     assert (
         "| tunplug<->tunplug | 1 | on | off/off | 1 stream a->b | 1000 | 1000-1000 | 2.00x |" in md
     )
-    assert "not implemented yet" in md  # offloads asked for, yet every device had TSO off
+    assert "had TSO off, as designed" in md  # offloads asked for; tunplug never turns TSO on
     assert "- PASS  tunplug idle RSS <= 45 MB" in md
 
 
@@ -212,7 +212,7 @@ def test_proc_stat_parsing_survives_odd_process_names(tmp_path, monkeypatch):
 
 def test_the_offload_note_follows_what_the_devices_did():
     assert "took effect" in bench.offload_note(fake_results(tso=True))
-    assert "not implemented yet" in bench.offload_note(fake_results(tso=False))
+    assert "had TSO off, as designed" in bench.offload_note(fake_results(tso=False))
     mixed = fake_results(tso=True)
     mixed[3].samples[0].tso = (False, True)
     assert "varied" in bench.offload_note(mixed)
