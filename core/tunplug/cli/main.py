@@ -109,6 +109,9 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
     status.add_argument(
         "--gateway-state", type=Path, metavar="DIR", help="a gateway's state directory"
     )
+    status.add_argument(
+        "--status-file", type=Path, metavar="FILE", help="a tunnel's status file (JSON)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -135,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             socket_path = args.socket or client.default_socket()
             if args.command == "status":
                 return client.status_command(
-                    args.socket, as_json=args.json, gateway_state=args.gateway_state
+                    args.socket,
+                    as_json=args.json,
+                    gateway_state=args.gateway_state,
+                    status_file=args.status_file,
                 )
             if args.action == "connect":
                 return client.ctl_connect(socket_path, args.token_file)

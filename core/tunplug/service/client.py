@@ -25,6 +25,7 @@ from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.secure_files import read_private_file
 from tunplug.service import protocol as p
 from tunplug.service.settings import DEFAULT_GROUP, DEFAULT_SOCKET, SOCKET_VARIABLE
+from tunplug.service.status_file import DEFAULT_STATUS_FILE, STALE_AFTER, read_status_file
 
 #: How long a request waits for its reply (Disconnect waits for the device to go).
 REPLY_TIMEOUT = 30.0
@@ -335,11 +336,14 @@ def ctl_watch(path: Path, *, as_json: bool = False, prog: str = "tunplug") -> in
 
 
 def status_command(
-    path: Path | None, *, as_json: bool = False, gateway_state: Path | None = None
+    path: Path | None,
+    *,
+    as_json: bool = False,
+    gateway_state: Path | None = None,
+    status_file: Path | None = None,
 ) -> int:
-    """``tunplug status``: the tunnel service's tunnel, or a gateway's (``--gateway-state``).
-
-    A headless client run on its own has no socket yet; it logs its state instead.
+    """``tunplug status``: the tunnel service's tunnel, a gateway's (``--gateway-state``), or
+    a tunnel that writes a status file (a headless client with one).
     """
     if gateway_state is not None:
         from tunplug.cli.gateway import main as gateway_main
@@ -348,12 +352,27 @@ def status_command(
             ["status", "--state-dir", str(gateway_state), *(["--json"] if as_json else [])]
         )
     path = path or default_socket()
-    if not path.exists():
+    if status_file is None and path.exists():
+        return ctl_status(path, as_json=as_json)
+    file = status_file or DEFAULT_STATUS_FILE
+    try:
+        status, age = read_status_file(file)
+    except FileNotFoundError:
         print(
-            f"tunplug: error: no tunnel service at {path}. For a gateway: tunplug status "
-            "--gateway-state DIR (or tunplug-gateway status); a headless client run with "
-            "'standalone' reports in its log (or 'journalctl -u tunplug-headless-client').",
+            f"tunplug: error: no tunnel service at {path} and no status file at {file}. For "
+            "a gateway: tunplug status --gateway-state DIR (or tunplug-gateway status); a "
+            "headless client reports in its log (journalctl -u tunplug-headless-client).",
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    return ctl_status(path, as_json=as_json)
+    except (OSError, ValueError) as exc:
+        print(f"tunplug: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if as_json:
+        data = {"source": {"status_file": str(file), "age": round(age, 1)}}
+        print(json.dumps({**data, **status.model_dump(mode="json")}, indent=2))
+        return EXIT_OK
+    print(format_status(status))
+    if age > STALE_AFTER:
+        print(f"(written {int(age)} s ago: the tunnel is probably not running)")
+    return EXIT_OK

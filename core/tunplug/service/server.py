@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -40,10 +39,9 @@ from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.service import protocol as p
 from tunplug.service.access import PeerCredentials, bind_socket, is_authorized, peer_credentials
 from tunplug.service.settings import TunnelServiceSettings
+from tunplug.service.status_file import peer_statuses
 from tunplug.systemd import Notifier
 from tunplug.wireguard import WireGuardDevice
-from tunplug.wireguard.keys import format_key
-from tunplug.wireguard.peer import PeerStats
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +526,7 @@ class TunnelService:
             await anyio.sleep(self.stats_interval)
             if tunnel.ready is not None:
                 self.broadcast(
-                    p.StatsUpdate(interface=tunnel.ready.interface, peers=_peers(device))
+                    p.StatsUpdate(interface=tunnel.ready.interface, peers=peer_statuses(device))
                 )
 
     def status(self) -> p.TunnelStatus:
@@ -556,7 +554,7 @@ class TunnelService:
             addresses=[str(address) for address in config.addresses],
             dns_servers=[str(server) for server in config.dns_servers],
             dns_control=tunnel.dns_control,
-            peers=_peers(tunnel.device) if tunnel.device is not None else [],
+            peers=peer_statuses(tunnel.device) if tunnel.device is not None else [],
         )
 
 
@@ -594,27 +592,3 @@ def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
-
-
-def _endpoint(peer: PeerStats) -> str | None:
-    if peer.endpoint is None:
-        return None
-    host, port = peer.endpoint
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peers(device: WireGuardDevice) -> list[p.PeerStatus]:
-    """Each peer as ``wg show`` shows it; handshake times as Unix time."""
-    offset = time.time() - time.monotonic()  # the device's clock is time.monotonic
-    return [
-        p.PeerStatus(
-            public_key=format_key(peer.public_key),
-            endpoint=_endpoint(peer),
-            allowed_ips=[str(network) for network in peer.allowed_ips],
-            latest_handshake=None if peer.last_handshake is None else peer.last_handshake + offset,
-            rx_bytes=peer.rx_bytes,
-            tx_bytes=peer.tx_bytes,
-            persistent_keepalive=peer.persistent_keepalive,
-        )
-        for peer in device.peer_stats()
-    ]

@@ -118,7 +118,8 @@ def test_an_outsider_is_told_why(harness, capsys):
 
 
 def test_status_without_a_service_says_where_to_look(tmp_path, capsys):
-    assert run("status", "--socket", str(tmp_path / "absent.sock")) == 1
+    absent = ["--socket", str(tmp_path / "absent.sock"), "--status-file", str(tmp_path / "no")]
+    assert run("status", *absent) == 1
     err = capsys.readouterr().err
     assert f"no tunnel service at {tmp_path / 'absent.sock'}" in err
     assert "--gateway-state" in err
