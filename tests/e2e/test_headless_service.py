@@ -228,9 +228,18 @@ def test_sighup_rereads_the_config_and_keeps_the_device(server, tmp_path):
     head = f"[Interface]\nPrivateKey = {server.a.keys.private}\nAddress = 10.202.0.1/24\n\n"
     head += f"[Peer]\nPublicKey = {peer}\nEndpoint = {UNDERLAY['b'][0]}:51820\n"
     config = write_private(tmp_path / "wg.conf", head + "AllowedIPs = 10.202.0.2/32\n")
-    client.start("--config", str(config))
+    status_file = tmp_path / "status.json"
+    client.start("--config", str(config), "--status-file", str(status_file))
     index = client.ns.run("cat", "/sys/class/net/tpclient0/ifindex").stdout
     assert server.ping("a", TUNNEL["b"][0]).returncode == 0
+    # 'tunplug status' shows the running client from its status file, like 'wg show'.
+    tunplug = str(Path(sys.executable).with_name("tunplug"))
+    time.sleep(1.2)
+    shown = subprocess.run([tunplug, "status", "--status-file", str(status_file), "--json"],
+                           capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    status = json.loads(shown.stdout)
+    assert "tpclient0" in shown.stdout and peer in shown.stdout
+    assert status, shown.stdout
     assert "10.203.0.0/24" not in client.ns.run("ip", "route").stdout
     write_private(config, head + "AllowedIPs = 10.202.0.2/32, 10.203.0.0/24\n")
     assert client.process is not None
@@ -245,6 +254,7 @@ def test_sighup_rereads_the_config_and_keeps_the_device(server, tmp_path):
     client.wait_for("reload failed, still running the previous one")
     assert server.ping("a", TUNNEL["b"][0]).returncode == 0
     assert client.stop() == 0
+    assert not status_file.exists()
 
 
 RESOLV_ORIGINAL = b"# the namespace's own resolver file\nnameserver 127.0.0.53\n"

@@ -28,6 +28,7 @@ from tunplug.exceptions import ConfigError, PermissionDenied
 from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH, HeadlessSettings
 from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source
 from tunplug.node import InterfaceHooks, RunningInterface, is_full_tunnel, run_interface
+from tunplug.service.status_file import DEFAULT_STATUS_FILE, status_file_task
 from tunplug.systemd import Notifier
 from tunplug.wireguard.keys import format_key
 
@@ -136,6 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["trace", "debug", "info", "warning", "error"],
         help="log verbosity (TUNPLUG_LOG, default info)",
     )
+    logs.add_argument(
+        "--status-file",
+        type=Path,
+        metavar="FILE",
+        help="write the tunnel's status there every second for 'tunplug status' "
+        f"(the systemd unit uses {DEFAULT_STATUS_FILE}; default: none)",
+    )
     mode = standalone.add_argument_group("mode")
     mode.add_argument(
         "--check",
@@ -196,6 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             notifier=Notifier(),
             full_tunnel_mark=settings.full_tunnel_table,
             exit_after_handshake=args.exit_timeout if args.exit else None,
+            background=[
+                status_file_task(
+                    args.status_file, args.interface, loaded.config, loaded.client_name
+                )
+            ]
+            if args.status_file
+            else [],
         )
         anyio.run(partial(run_interface, app, loaded.config, name=args.interface, hooks=hooks))
         return EXIT_OK
