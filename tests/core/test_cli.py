@@ -129,3 +129,18 @@ def test_pubkey_rejects_garbage_with_exit_2():
     )
     assert result.returncode == 2
     assert result.stderr.startswith("tunplug: error: stdin: private key must be 44 characters")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["ctl", "--socket", "/run/x.sock", "status"],
+        ["ctl", "status", "--socket", "/run/x.sock"],
+        ["ctl", "connect", "--socket", "/run/x.sock", "--token-file", "t"],
+    ],
+)
+def test_ctl_takes_socket_before_or_after_the_action(argv):
+    from tunplug.cli.main import build_parser
+
+    assert build_parser().parse_args(argv).socket == Path("/run/x.sock")
+    assert build_parser().parse_args(["ctl", "status"]).socket is None

@@ -90,14 +90,22 @@ def _add_service_commands(commands: argparse._SubParsersAction[argparse.Argument
         description="Command-line client of tunplug-tunnel-service (protocol: docs/ipc.md).",
     )
     ctl.add_argument("--socket", type=Path, metavar="PATH", help=socket_help)
+    # --socket also after the action ("tunplug ctl status --socket X"); SUPPRESS keeps a value
+    # given before the action from being reset by the action's own default.
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--socket", type=Path, metavar="PATH", help=socket_help, default=argparse.SUPPRESS
+    )
     actions = ctl.add_subparsers(dest="action", metavar="ACTION", required=True)
     connect = actions.add_parser(
-        "connect", help="connect with a token (from --token-file, or standard input)"
+        "connect",
+        help="connect with a token (from --token-file, or standard input)",
+        parents=[after],
     )
     connect.add_argument("--token-file", type=Path, metavar="FILE", help="mode 600 token file")
-    actions.add_parser("disconnect", help="take the tunnel down")
+    actions.add_parser("disconnect", help="take the tunnel down", parents=[after])
     for name, text in (("status", "show the tunnel"), ("watch", "show events as they come")):
-        action = actions.add_parser(name, help=text)
+        action = actions.add_parser(name, help=text, parents=[after])
         action.add_argument("--json", action="store_true", help="print JSON")
     status = commands.add_parser(
         "status",
