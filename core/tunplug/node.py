@@ -1,9 +1,11 @@
 """Run one WireGuard interface from a wg-quick configuration until told to stop.
 
-Who calls it: ``tunplug-headless-client standalone --config`` (and the gateway, later). It
-builds everything from the config, runs the :class:`~tunplug.engine.TunnelEngine`, and on any
-exit (SIGINT, SIGTERM, error) takes it all down again: routes, addresses and the device (which
-the kernel deletes once tunplug's descriptors close, also after SIGKILL).
+Who calls it: the headless client, the gateway (:mod:`tunplug.gateway.server`) and the tunnel
+service (:mod:`tunplug.service.server`). It builds everything from the config, runs the
+:class:`~tunplug.engine.TunnelEngine`, and on any exit (SIGINT, SIGTERM, error) takes it all
+down again: DNS settings, policy rules, routes, addresses and the device (which the kernel
+deletes once tunplug's descriptors close, also after SIGKILL). :class:`InterfaceHooks` holds the
+optional parts: reload on SIGHUP, DNS, systemd notifications, ``--exit``, background tasks.
 """
 
 from __future__ import annotations

@@ -1,1 +1,2 @@
-"""Command-line entry points (``tunplug``; the client, gateway and service CLIs come later)."""
+"""Command-line entry points: ``tunplug``, ``tunplug-headless-client``, ``tunplug-gateway``
+and ``tunplug-tunnel-service``."""
