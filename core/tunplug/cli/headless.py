@@ -72,13 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 stopped cleanly (or connected, with --exit); 1 runtime failure; "
         "2 bad configuration;\n130 interrupted before the tunnel was up.",
     )
-    source = standalone.add_argument_group("configuration")
-    source.add_argument(
-        "--token-path",
-        type=Path,
-        metavar="FILE",
-        help=f"file holding the token, root-owned with mode 600 (TUNPLUG_TOKEN_PATH, default "
-        f"{DEFAULT_TOKEN_PATH}); the {TOKEN_VARIABLE} variable wins over it",
+    source, _, logs = add_client_options(
+        standalone,
+        token_help=f"file holding the token, root-owned with mode 600 (TUNPLUG_TOKEN_PATH, "
+        f"default {DEFAULT_TOKEN_PATH}); the {TOKEN_VARIABLE} variable wins over it",
+        dns_help="how DNS servers reach the system: systemd-resolved, etc-resolv-conf, "
+        "disabled, or auto (TUNPLUG_DNS_CONTROL, default auto: systemd-resolved when it runs, "
+        "else etc-resolv-conf)",
     )
     source.add_argument(
         "--config",
@@ -87,55 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a wg-quick file ([Interface] and [Peer]) of any WireGuard server, instead of a "
         "token; root-owned, mode 600",
     )
-    source.add_argument(
-        "--id",
-        help="device id shown to gateways and GUIs (TUNPLUG_ID; default: generated once and "
-        "stored in the state directory)",
-    )
-    source.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"state: device id, DNS backups (TUNPLUG_STATE_DIR, default {DEFAULT_STATE_DIR})",
-    )
-    device = standalone.add_argument_group("device")
-    device.add_argument(
-        "--interface",
-        default=DEFAULT_INTERFACE,
-        help=f"interface name (default {DEFAULT_INTERFACE}); refused if it already exists",
-    )
-    device.add_argument(
-        "--tun", dest="tun_backend", help="TUN backend (TUNPLUG_TUN_BACKEND, default auto)"
-    )
-    device.add_argument(
-        "--tun-threads",
-        type=int,
-        help="device queues, one reader and one writer thread each "
-        "(TUNPLUG_TUN_THREADS, default 1)",
-    )
-    device.add_argument(
-        "--dns-control",
-        help="how DNS servers reach the system: systemd-resolved, etc-resolv-conf, disabled, "
-        "or auto (TUNPLUG_DNS_CONTROL, default auto: systemd-resolved when it runs, else "
-        "etc-resolv-conf)",
-    )
-    logs = standalone.add_argument_group("logs")
-    logs.add_argument(
-        "--log-dir",
-        type=Path,
-        metavar="DIR",
-        help="also write rotated log files there (LOG_DIR; default: stderr only)",
-    )
     logs.add_argument(
         "--flow-logs",
         type=Path,
         metavar="DIR",
         help="append one JSON line per finished flow to DIR/flows.jsonl (TUNPLUG_FLOW_LOGS)",
-    )
-    logs.add_argument(
-        "--log-level",
-        choices=["trace", "debug", "info", "warning", "error"],
-        help="log verbosity (TUNPLUG_LOG, default info)",
     )
     logs.add_argument(
         "--status-file",
@@ -163,6 +119,59 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"with --exit: fail (status 1) after this long (default {DEFAULT_EXIT_TIMEOUT:g})",
     )
     return parser
+
+
+Group = argparse._ArgumentGroup
+
+
+def add_client_options(
+    parser: argparse.ArgumentParser, *, token_help: str, dns_help: str
+) -> tuple[Group, Group, Group]:
+    """The options every command that runs a client tunnel shares (the headless client and the
+    tunnel service): token file, device id, state, device, DNS and logs. Returns the
+    "configuration", "device" and "logs" groups, for command-specific options."""
+    source = parser.add_argument_group("configuration")
+    source.add_argument("--token-path", type=Path, metavar="FILE", help=token_help)
+    source.add_argument(
+        "--id",
+        help="device id shown to gateways and GUIs (TUNPLUG_ID; default: generated once and "
+        "stored in the state directory)",
+    )
+    source.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"state: device id, DNS backups (TUNPLUG_STATE_DIR, default {DEFAULT_STATE_DIR})",
+    )
+    device = parser.add_argument_group("device")
+    device.add_argument(
+        "--interface",
+        default=DEFAULT_INTERFACE,
+        help=f"interface name (default {DEFAULT_INTERFACE}); refused if it already exists",
+    )
+    device.add_argument(
+        "--tun", dest="tun_backend", help="TUN backend (TUNPLUG_TUN_BACKEND, default auto)"
+    )
+    device.add_argument(
+        "--tun-threads",
+        type=int,
+        help="device queues, one reader and one writer thread each "
+        "(TUNPLUG_TUN_THREADS, default 1)",
+    )
+    device.add_argument("--dns-control", help=dns_help)
+    logs = parser.add_argument_group("logs")
+    logs.add_argument(
+        "--log-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write rotated log files there (LOG_DIR; default: stderr only)",
+    )
+    logs.add_argument(
+        "--log-level",
+        choices=["trace", "debug", "info", "warning", "error"],
+        help="log verbosity (TUNPLUG_LOG, default info)",
+    )
+    return source, device, logs
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,10 +19,10 @@ import anyio
 from tunplug import __version__
 from tunplug.app import App
 from tunplug.cli._common import EXIT_OK, run_command, setup_logging
-from tunplug.cli.headless import DEFAULT_INTERFACE, require_net_admin
+from tunplug.cli.headless import add_client_options, require_net_admin
 from tunplug.config import load_settings
 from tunplug.device_id import load_or_create_device_id, validate_device_id
-from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH
+from tunplug.headless.settings import DEFAULT_TOKEN_PATH
 from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource
 from tunplug.service.access import resolve_group
 from tunplug.service.server import TunnelService
@@ -78,51 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="group whose members may use the socket, besides root (TUNPLUG_SERVICE_GROUP, "
         f"default {DEFAULT_GROUP}; it must exist: groupadd --system {DEFAULT_GROUP})",
     )
-    source = run.add_argument_group("configuration")
-    source.add_argument(
-        "--token-path",
-        type=Path,
-        metavar="FILE",
-        help=f"token file that, when present, manages the tunnel instead of GUIs "
+    add_client_options(
+        run,
+        token_help=f"token file that, when present, manages the tunnel instead of GUIs "
         f"(TUNPLUG_TOKEN_PATH, default {DEFAULT_TOKEN_PATH}; root-owned, mode 600)",
-    )
-    source.add_argument(
-        "--id", help="device id shown to GUIs (TUNPLUG_ID; default: generated once and stored)"
-    )
-    source.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"state: device id, DNS backups (TUNPLUG_STATE_DIR, default {DEFAULT_STATE_DIR})",
-    )
-    device = run.add_argument_group("device")
-    device.add_argument(
-        "--interface",
-        default=DEFAULT_INTERFACE,
-        help=f"interface name (default {DEFAULT_INTERFACE}); refused if it already exists",
-    )
-    device.add_argument(
-        "--tun", dest="tun_backend", help="TUN backend (TUNPLUG_TUN_BACKEND, default auto)"
-    )
-    device.add_argument(
-        "--tun-threads", type=int, help="device queues (TUNPLUG_TUN_THREADS, default 1)"
-    )
-    device.add_argument(
-        "--dns-control",
-        help="systemd-resolved, etc-resolv-conf, disabled or auto (TUNPLUG_DNS_CONTROL, "
+        dns_help="systemd-resolved, etc-resolv-conf, disabled or auto (TUNPLUG_DNS_CONTROL, "
         "default auto); GUIs may change it (SetDnsControl)",
-    )
-    logs = run.add_argument_group("logs")
-    logs.add_argument(
-        "--log-dir",
-        type=Path,
-        metavar="DIR",
-        help="also write rotated log files there (LOG_DIR; default: stderr only)",
-    )
-    logs.add_argument(
-        "--log-level",
-        choices=["trace", "debug", "info", "warning", "error"],
-        help="log verbosity (TUNPLUG_LOG, default info)",
     )
     return parser
 
