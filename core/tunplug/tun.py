@@ -99,6 +99,19 @@ class Tun(AsyncResource):
     #: this contract are always ordinary IP packets of at most :attr:`mtu` bytes.
     offloads: bool = False
 
+    def batch_limit(self, max_packets: int | None) -> int:
+        """``max_packets`` of :meth:`recv_many` checked: :attr:`batch_size` when ``None``.
+
+        For backends. :raises ValueError: not between 1 and :attr:`batch_size`.
+        """
+        if max_packets is None:
+            return self.batch_size
+        if not 1 <= max_packets <= self.batch_size:
+            raise ValueError(
+                f"max_packets must be between 1 and {self.batch_size}, not {max_packets}"
+            )
+        return max_packets
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         """Say why this backend cannot run here, or return ``None`` when it can.

@@ -64,7 +64,7 @@ class FakeTun(Tun):
 
     # -- the engine's side (the Tun contract) ------------------------------------------------
     async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
-        limit = self._limit(max_packets)
+        limit = self.batch_limit(max_packets)
         while not self._inbox:
             self._check_open()
             await self._inbox_changed.wait()
@@ -140,13 +140,6 @@ class FakeTun(Tun):
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def _limit(self, max_packets: int | None) -> int:
-        if max_packets is None:
-            return self.batch_size
-        if not 1 <= max_packets <= self.batch_size:
-            raise ValueError(f"max_packets must be 1..{self.batch_size}, not {max_packets}")
-        return max_packets
 
     def _check_open(self) -> None:
         if self._closed:

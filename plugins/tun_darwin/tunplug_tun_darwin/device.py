@@ -126,10 +126,7 @@ class DarwinUtunTun(Tun):
         return cls(sock, name=name, options=options)
 
     async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
-        if max_packets is None:
-            max_packets = self.batch_size
-        elif not 1 <= max_packets <= self.batch_size:
-            raise ValueError(f"max_packets must be between 1 and {self.batch_size}")
+        max_packets = self.batch_limit(max_packets)
         await anyio.lowlevel.checkpoint()
         while True:
             self._check_open()

@@ -235,10 +235,7 @@ class LinuxMultiQueueTun(Tun):
             raise
 
     async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
-        if max_packets is None:
-            max_packets = self.batch_size
-        elif not 1 <= max_packets <= self.batch_size:
-            raise ValueError(f"max_packets must be between 1 and {self.batch_size}")
+        max_packets = self.batch_limit(max_packets)
         # A checkpoint even when packets are ready, so a busy device cannot starve the loop.
         await anyio.lowlevel.checkpoint()
         return await self._inbound.get(max_packets, self._closed_error)
