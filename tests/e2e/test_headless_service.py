@@ -328,6 +328,24 @@ def test_full_tunnel_reaches_a_network_only_the_peer_can_route_to(three_namespac
     assert_same_state(before, net_state(client.ns))
 
 
+def test_full_tunnel_rules_left_by_a_killed_run_are_replaced_at_the_next_start(
+    three_namespaces, tmp_path
+):
+    net, _ = three_namespaces
+    client = Client(net, tmp_path)
+    before = net_state(client.ns)
+    secret = make_token(net.a.keys, net.b.keys, ["0.0.0.0/0"])
+    client.start(TUNPLUG_TOKEN=secret)
+    assert client.stop(signal.SIGKILL) == -signal.SIGKILL
+    # The device (and its routes) went with the process; the policy rules did not.
+    assert "lookup 51820" in client.ns.run("ip", "rule").stdout
+    client.start(TUNPLUG_TOKEN=secret)
+    assert net.ping("a", RESOURCE_V4, count=2).returncode == 0
+    assert client.ns.run("ip", "rule").stdout.count("lookup 51820") == 1
+    assert client.stop() == 0
+    assert_same_state(before, net_state(client.ns))
+
+
 @pytest.fixture
 def open_tmp() -> Iterator[Path]:
     """A temp directory another user can reach (pytest's own are private to root)."""
