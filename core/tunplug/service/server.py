@@ -55,6 +55,9 @@ FRAME_TIMEOUT = 10.0
 DRAIN_TIMEOUT = 2.0
 #: How long a closing connection waits for the client to close its end.
 CLOSE_TIMEOUT = 1.0
+#: Seconds before each new attempt when the token file's tunnel failed for a reason other than
+#: its configuration (a taken interface name, a device error); the last one repeats.
+RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 CredentialsReader = Callable[[anyio.abc.SocketStream], PeerCredentials]
 
@@ -122,6 +125,7 @@ class TunnelService:
         handle_signals: bool = True,
         log_file: Path | None = None,
         stats_interval: float = STATS_INTERVAL,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -141,6 +145,8 @@ class TunnelService:
         self.tunnel: _Tunnel | None = None
         self.last_error: str | None = None
         self.stopping = False
+        self.retry_delays = retry_delays
+        self._failures = 0  # token-file tunnel failures in a row (reset once it is up)
         self._stop = anyio.Event()
 
     # -- life cycle ----------------------------------------------------------------------------
@@ -506,9 +512,27 @@ class TunnelService:
                 p.Disconnected(error=message, needs_new_token=isinstance(error, ConfigError))
             )
             self.notifier.status("disconnected")
+            if (
+                error is not None
+                and not isinstance(error, ConfigError)
+                and tunnel.managed_by == "token_file"
+                and not self.stopping
+            ):
+                delay = self.retry_delays[min(self._failures, len(self.retry_delays) - 1)]
+                self._failures += 1
+                log.info("trying the token file again in %g s", delay)
+                self._tasks.start_soon(self._retry_token_file, delay, name="retry")
+
+    async def _retry_token_file(self, delay: float) -> None:
+        """The token file's tunnel failed: start it again after ``delay``, unless that no
+        longer makes sense (stopping, already running, the token file gone)."""
+        await anyio.sleep(delay)
+        if not self.stopping and self.tunnel is None and self.managed_by_token_file():
+            self._start_from_token_file()
 
     def _on_ready(self, tunnel: _Tunnel, running: RunningInterface) -> None:
         tunnel.ready = running
+        self._failures = 0
         config = tunnel.source.config
         log.info("tunnel is up on %s (UDP port %d)", running.interface, running.listen_port)
         self.notifier.status(f"connected on {running.interface}")

@@ -249,6 +249,35 @@ def test_a_token_file_connects_on_its_own_and_takes_precedence_over_guis(tmp_pat
             assert status(sock)["state"] == "connected"
 
 
+def test_a_failed_token_file_tunnel_is_tried_again_until_it_comes_up(tmp_path):
+    """The interface name is taken at start (BusyResource): the service does not give up."""
+    from tunplug.testing.fake import FakeTun
+    from tunplug.tun import TunOptions
+
+    blocker = FakeTun(TunOptions(name="tpsvc0"))
+    FakeTun.opened["tpsvc0"] = blocker
+    try:
+        for harness in start_service(
+            tmp_path, token_file=make_token(name="fleet"), retry_delays=(0.2, 0.4)
+        ):
+            with harness.raw() as sock:
+                hello(sock)
+                deadline = time.monotonic() + 5
+                while "already exists" not in str(status(sock).get("last_error")):
+                    assert time.monotonic() < deadline, status(sock)
+                    time.sleep(0.05)
+                assert status(sock)["state"] != "connected"
+                del FakeTun.opened["tpsvc0"]  # the other "process" lets the name go
+                deadline = time.monotonic() + 5
+                while (state := status(sock))["state"] != "connected":
+                    assert time.monotonic() < deadline, state
+                    time.sleep(0.05)
+                assert state["managed_by"] == "token_file"
+    finally:
+        FakeTun.opened.pop("tpsvc0", None)
+        del blocker
+
+
 def test_stopping_tells_every_client_then_takes_the_tunnel_down_and_closes(harness):
     watcher = harness.raw()
     quiet = harness.raw()
