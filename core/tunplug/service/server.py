@@ -190,11 +190,33 @@ class TunnelService:
     async def _signals(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             task_status.started()
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                    continue
                 log.info("received %s: shutting down", signal.Signals(signum).name)
                 self.stop()
+
+    async def reload(self) -> None:
+        """SIGHUP: with a token file, read it again and restart the tunnel with it (the
+        interface is recreated); a GUI's tunnel is left alone."""
+        if self.stopping or not self.managed_by_token_file():
+            log.info("reload: no token file, nothing to read again")
+            return
+        try:
+            self.source.load()  # a broken file: keep the running tunnel
+        except TunplugError as exc:
+            log.error("reload: the token file is not usable, keeping the tunnel: %s", exc)
+            return
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.scope.cancel()
+            await tunnel.done.wait()
+        log.info("reload: reconnecting with the token file")
+        self._failures = 0
+        self._start_from_token_file()
 
     async def _shutdown(self) -> None:
         self.stopping = True

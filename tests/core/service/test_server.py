@@ -278,6 +278,31 @@ def test_a_failed_token_file_tunnel_is_tried_again_until_it_comes_up(tmp_path):
         del blocker
 
 
+def test_reload_reads_the_token_file_again_and_keeps_the_tunnel_when_it_is_broken(tmp_path):
+    for harness in start_service(tmp_path, token_file=make_token(name="fleet")):
+        with harness.raw() as sock:
+            hello(sock)
+            wait_for_state(sock, "connected")
+            token_path = tmp_path / "token"
+            token_path.write_text("tp1.broken.token")
+            harness.portal.call(harness.service.reload)
+            assert status(sock)["client_name"] == "fleet"  # still the old tunnel
+            token_path.write_text(make_token(name="fleet-2"))
+            harness.portal.call(harness.service.reload)
+            deadline = time.monotonic() + 5
+            while (state := status(sock)).get("client_name") != "fleet-2":
+                assert time.monotonic() < deadline, state
+                time.sleep(0.05)
+            wait_for_state(sock, "connected")
+
+
+def wait_for_state(sock: socket.socket, wanted: str) -> None:
+    deadline = time.monotonic() + 10
+    while (state := status(sock))["state"] != wanted:
+        assert time.monotonic() < deadline, state
+        time.sleep(0.05)
+
+
 def test_stopping_tells_every_client_then_takes_the_tunnel_down_and_closes(harness):
     watcher = harness.raw()
     quiet = harness.raw()
