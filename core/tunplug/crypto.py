@@ -41,6 +41,30 @@ class Aead(ABC):
         """Encrypt a batch with empty AAD (transport data). Backends may do this faster."""
         return [self.seal(c, p) for c, p in zip(counters, plaintexts, strict=True)]
 
+    def seal_many_into(
+        self,
+        counters: Sequence[int],
+        plaintexts: Sequence[bytes | memoryview],
+        header: bytes,
+        out: memoryview,
+    ) -> list[memoryview]:
+        """Write whole transport messages into ``out``, one after the other, and return a view
+        of each: ``header``, the counter (8 bytes, little-endian), then the ciphertext and tag.
+
+        ``out`` must hold ``len(plaintexts) * (len(header) + 24) + sum(map(len, plaintexts))``
+        bytes. Backends that can encrypt in place override this to save a copy and an
+        allocation per packet; this default builds each message with :meth:`seal_many`.
+        """
+        views: list[memoryview] = []
+        offset = 0
+        for counter, sealed in zip(counters, self.seal_many(counters, plaintexts), strict=True):
+            message = header + counter.to_bytes(8, "little") + sealed
+            end = offset + len(message)
+            out[offset:end] = message
+            views.append(out[offset:end])
+            offset = end
+        return views
+
     def open_many(
         self, counters: Sequence[int], ciphertexts: Sequence[bytes | memoryview]
     ) -> list[bytes | None]:

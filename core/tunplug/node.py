@@ -83,8 +83,14 @@ def peer_configs(config: WgQuickConfig) -> list[PeerConfig]:
 def build_device(app: App, config: WgQuickConfig) -> WireGuardDevice:
     """The sans-IO WireGuard device with every peer of ``config``."""
     timing = parse_test_timers(app.settings.test_timers)
+    # The engine sends each batch's output before it encrypts the next: encrypt() may reuse
+    # one buffer for the messages.
     device = WireGuardDevice(
-        config.private_key, app.crypto(), timing=timing, mtu=config.mtu or DEFAULT_MTU
+        config.private_key,
+        app.crypto(),
+        timing=timing,
+        mtu=config.mtu or DEFAULT_MTU,
+        reuse_send_buffer=True,
     )
     for peer in peer_configs(config):
         device.add_peer(peer)

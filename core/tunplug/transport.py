@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 #: A peer's UDP address: (IP address as text, port).
 Endpoint = tuple[str, int]
 #: One datagram and where it came from or goes to.
-Datagram = tuple[bytes, Endpoint]
+Datagram = tuple[bytes | memoryview, Endpoint]
 
 #: wireguard-go's socket buffer size; needs root (SO_*BUFFORCE) beyond net.core.*mem_max.
 SOCKET_BUFFER_BYTES = 7 << 20
@@ -65,7 +65,12 @@ class DatagramTransport(AsyncResource):
 
     @abstractmethod
     async def send_many(self, datagrams: Sequence[Datagram]) -> None:
-        """Send every datagram, in order."""
+        """Send every datagram, in order, before returning.
+
+        Datagrams may be views into a buffer the caller reuses once this returns (the
+        engine's, see ``WireGuardDevice(reuse_send_buffer=True)``): keep none of them; copy
+        what must outlive the call.
+        """
 
     @abstractmethod
     async def aclose(self) -> None:

@@ -127,7 +127,7 @@ def split_segments(data: bytes, segment_size: int) -> list[bytes]:
 
 
 def gso_runs(
-    datagrams: Sequence[tuple[bytes, object]],
+    datagrams: Sequence[tuple[bytes | memoryview, object]],
     max_segments: int = GSO_MAX_SEGMENTS,
     max_bytes: int = GSO_MAX_BYTES,
 ) -> list[tuple[int, int]]:

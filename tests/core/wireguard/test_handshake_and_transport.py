@@ -296,3 +296,26 @@ def test_remove_peer_forgets_routes_and_sessions() -> None:
     assert b.device.encrypt([ipv4_packet("10.0.0.2", "10.0.0.1")], net.now).to_network == []
     assert b.device.drops["no-route"] == 1
     assert b.device.peer_stats() == []
+
+
+def test_a_reused_send_buffer_gives_the_same_messages_valid_until_the_next_encrypt() -> None:
+    net = FakeNet()
+    a = net.add_node("a", A_ADDR, "10.0.0.1", "fd00::1", reuse_send_buffer=True)
+    b = net.add_node("b", B_ADDR, "10.0.0.2", "fd00::2")
+    net.connect(a, b)
+    net.send(a, [ipv4_packet("10.0.0.1", "10.0.0.2", b"hello")])
+    net.flush()  # handshake done; that first packet was staged, so it had its own bytes
+    first = [ipv4_packet("10.0.0.1", "10.0.0.2", bytes([i]) * (100 + i)) for i in range(5)]
+    views = [data for data, _ in a.device.encrypt(first, net.now).to_network]
+    assert all(isinstance(view, memoryview) for view in views)
+    copies = [bytes(view) for view in views]
+    second = [ipv4_packet("10.0.0.1", "10.0.0.2", b"z" * 300)]
+    later = a.device.encrypt(second, net.now).to_network
+    assert [bytes(view) for view in views] != copies  # overwritten: the documented contract
+    assert b.device.decrypt([(data, A_ADDR) for data in copies], net.now).to_tun == first
+    opened = b.device.decrypt([(bytes(data), A_ADDR) for data, _ in later], net.now)
+    assert opened.to_tun == second
+    [stats_a] = a.device.peer_stats()
+    [stats_b] = b.device.peer_stats()
+    assert stats_a.tx_bytes == stats_b.rx_bytes  # byte counts as without the buffer
+    assert not b.device.drops

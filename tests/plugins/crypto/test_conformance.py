@@ -262,6 +262,23 @@ def test_seal_many_open_many_batch_with_a_tampered_packet(backend: CryptoBackend
     ]
 
 
+def test_seal_many_into_writes_whole_messages_like_seal(backend: CryptoBackend) -> None:
+    aead = backend.aead(bytes(range(32)))
+    header = b"\x04\x00\x00\x00" + b"\x11\x22\x33\x44"
+    plaintexts = [b"", b"x" * 16, bytes(range(200)) * 7]
+    counters = [0, 1, 2**40 + 5]
+    size = sum(map(len, plaintexts)) + len(plaintexts) * (len(header) + 24)
+    out = memoryview(bytearray(size + 10))
+    views = aead.seal_many_into(counters, plaintexts, header, out)
+    expected = [
+        header + c.to_bytes(8, "little") + aead.seal(c, p)
+        for c, p in zip(counters, plaintexts, strict=True)
+    ]
+    assert [bytes(v) for v in views] == expected
+    assert bytes(out[:size]) == b"".join(expected)  # one after the other, from the start
+    assert bytes(out[size:]) == bytes(10)  # nothing written beyond
+
+
 def test_open_many_with_wrong_counters_gives_none(backend: CryptoBackend) -> None:
     aead = backend.aead(KEY_80)
     sealed = aead.seal_many([1, 2], [b"a" * 16, b"b" * 16])
