@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from tunplug.config import TunplugSettings, env_name
 from tunplug.crypto import CryptoBackend
+from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
 from tunplug.events import TunnelInfo
 from tunplug.exceptions import BackendUnavailable, ConfigError
@@ -22,6 +23,9 @@ from tunplug.tun import Tun, TunOptions
 
 #: The TUN backend ``tun_backend = "auto"`` picks on each operating system.
 PLATFORM_TUN_BACKENDS = {"linux": "linux-mq", "win32": "wintun", "darwin": "darwin"}
+#: The data paths ``data_path = "auto"`` chooses between, best first.
+NATIVE_DATA_PATH = "native"
+PYTHON_DATA_PATH = "python"
 
 
 class App:
@@ -30,6 +34,8 @@ class App:
     def __init__(self, settings: TunplugSettings, plugins: PluginHost | None = None) -> None:
         self.settings = settings
         self.plugins = plugins or PluginHost.from_settings(settings)
+        #: Why ``data_path = "auto"`` fell back to Python (empty when it did not).
+        self.data_path_note = ""
 
     def configure(self) -> None:
         """Tell plugins the settings are final (they may refuse with ConfigError)."""
@@ -55,6 +61,26 @@ class App:
         name = name or self.settings.crypto_backend
         return _choose("crypto backend", self.plugins.crypto_backends(), name, "crypto_backend")()
 
+    def data_path(self, name: str | None = None) -> DataPath:
+        """The data path ``name`` (default: the setting). ``auto`` is ``native`` when that is
+        installed and can run here, else ``python`` (and :attr:`data_path_note` says why).
+
+        :raises ConfigError: no such data path is installed.
+        :raises BackendUnavailable: it is installed but cannot run here.
+        """
+        name = name or self.settings.data_path
+        registry = self.plugins.data_paths()
+        if name == "auto":
+            native = registry.get(NATIVE_DATA_PATH)
+            reason = (
+                "the native core (tunplug-fastpath) is not installed"
+                if native is None
+                else native.unavailable_reason()
+            )
+            self.data_path_note = f"{reason}: pure-Python data path" if reason else ""
+            name = PYTHON_DATA_PATH if reason else NATIVE_DATA_PATH
+        return _choose("data path", registry, name, "data_path")()
+
     def dns_manager(self, name: str, state_dir: Path) -> DnsManager:
         """An instance of the DNS manager ``name`` (``--dns-control``), state in ``state_dir``."""
         return _choose("DNS manager", self.plugins.dns_managers(), name, "dns_control")(state_dir)
@@ -63,7 +89,7 @@ class App:
         return self.plugins.pipeline(self.settings, tunnel)
 
 
-B = TypeVar("B", type[Tun], type[CryptoBackend], type[DnsManager])
+B = TypeVar("B", type[Tun], type[CryptoBackend], type[DnsManager], type[DataPath])
 
 
 def _choose(kind: str, registry: Mapping[str, B], name: str, setting: str) -> B:

@@ -42,6 +42,12 @@ class TunplugSettings(BaseSettings):
     batch_size: int = Field(100, ge=1, le=1024, description="packets per batch, each direction")
     offloads: bool = Field(True, description="use TSO/GRO and UDP GSO/GRO when available")
     crypto_backend: str = Field("cryptography", min_length=1, description="crypto backend name")
+    data_path: str = Field(
+        "auto",
+        min_length=1,
+        description="who does the per-packet work: 'native' (the Rust core, tunplug-fastpath), "
+        "'python' (the reference), or 'auto' (native when installed)",
+    )
     log_level: LogLevel = Field(
         "info",
         validation_alias=AliasChoices("tunplug_log", "tunplug_log_level"),

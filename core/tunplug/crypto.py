@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac as _hmac
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from tunplug.exceptions import TunplugError
@@ -64,6 +64,30 @@ class Aead(ABC):
             views.append(out[offset:end])
             offset = end
         return views
+
+    def seal_transport(
+        self,
+        first_counter: int,
+        packets: Sequence[bytes | bytearray | memoryview],
+        header: bytes,
+        mtu: int,
+        take: Callable[[int], memoryview],
+    ) -> list[memoryview]:
+        """Whole transport messages for ``packets``, with counters ``first_counter``,
+        ``first_counter + 1``...: each packet zero-padded for ``mtu`` (whitepaper 5.4.6), then
+        laid out as :meth:`seal_many_into` does. Returns a view of each message.
+
+        ``take(size)`` hands out the memory to write ``size`` bytes into (the device's reused
+        send buffer). This default pads in Python and calls :meth:`seal_many_into`; a native
+        data path does the whole batch in one call (and may return views of its own memory).
+        """
+        # Here, not at the top: tunplug.wireguard imports this module.
+        from tunplug.wireguard.messages import padded
+
+        plaintexts = [padded(packet, mtu) for packet in packets]
+        size = sum(map(len, plaintexts)) + len(plaintexts) * (len(header) + 8 + 16)
+        counters = range(first_counter, first_counter + len(plaintexts))
+        return self.seal_many_into(counters, plaintexts, header, take(size))
 
     def open_many(
         self, counters: Sequence[int], ciphertexts: Sequence[bytes | memoryview]

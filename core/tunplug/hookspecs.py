@@ -19,6 +19,7 @@ from tunplug._marker import hookspec
 if TYPE_CHECKING:
     from tunplug.config import TunplugSettings
     from tunplug.crypto import CryptoBackend
+    from tunplug.datapath import DataPath
     from tunplug.dns import DnsManager
     from tunplug.events import TunnelInfo
     from tunplug.pipeline import Stage
@@ -53,6 +54,18 @@ def tunplug_register_crypto_backends() -> Sequence[type[CryptoBackend]]:
     """Return the crypto backend classes this plugin provides, keyed by their ``name``.
 
     Called once per application. Duplicate names are a :class:`~tunplug.exceptions.PluginError`.
+    """
+    raise NotImplementedError
+
+
+@hookspec
+def tunplug_register_data_paths() -> Sequence[type[DataPath]]:
+    """Return the data path classes this plugin provides, keyed by their ``name``.
+
+    Called once per application. A data path supplies the per-packet pieces of a tunnel
+    (transport AEAD, TUN offload surgery) for batches; the builtin ``python`` one is the
+    reference, the ``tunplug-fastpath`` distribution adds ``native``. Duplicate names are a
+    :class:`~tunplug.exceptions.PluginError`.
     """
     raise NotImplementedError
 

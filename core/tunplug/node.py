@@ -22,6 +22,7 @@ import anyio
 import anyio.abc
 
 from tunplug.app import App
+from tunplug.datapath import DataPath, PythonDataPath
 from tunplug.dns import DnsManager, DnsSettings
 from tunplug.engine import TunnelEngine
 from tunplug.events import TunnelInfo
@@ -80,17 +81,23 @@ def peer_configs(config: WgQuickConfig) -> list[PeerConfig]:
     ]
 
 
-def build_device(app: App, config: WgQuickConfig) -> WireGuardDevice:
-    """The sans-IO WireGuard device with every peer of ``config``."""
+def build_device(
+    app: App, config: WgQuickConfig, data_path: DataPath | None = None
+) -> WireGuardDevice:
+    """The sans-IO WireGuard device with every peer of ``config``; its sessions' AEADs come
+    from ``data_path`` (default: the pure-Python one)."""
     timing = parse_test_timers(app.settings.test_timers)
+    crypto = app.crypto()
+    data_path = data_path or PythonDataPath()
     # The engine sends each batch's output before it encrypts the next: encrypt() may reuse
     # one buffer for the messages.
     device = WireGuardDevice(
         config.private_key,
-        app.crypto(),
+        crypto,
         timing=timing,
         mtu=config.mtu or DEFAULT_MTU,
         reuse_send_buffer=True,
+        transport_aead=lambda key: data_path.transport_aead(key, crypto),
     )
     for peer in peer_configs(config):
         device.add_peer(peer)
@@ -179,7 +186,8 @@ class _Runner:
         self.name = name
         self.role = role
         self.hooks = hooks
-        self.device = build_device(app, config)
+        self.data_path = app.data_path()
+        self.device = build_device(app, config, self.data_path)
         self.full_tunnel = is_full_tunnel(config)
         self.dns_active = False
 
@@ -201,6 +209,7 @@ class _Runner:
             batch_size=settings.batch_size,
             offloads=settings.offloads,
             addresses=config.addresses,
+            packet_ops=self.data_path.packet_ops(),
         )
         app.configure()
         mark = hooks.full_tunnel_mark if self.full_tunnel else None
@@ -242,9 +251,11 @@ class _Runner:
         )
         udp = transport.stats()
         log.info(
-            "interface %s up: %d queue(s), TUN offloads %s, UDP GSO %s / GRO %s, "
+            "interface %s up: %s data path%s, %d queue(s), TUN offloads %s, UDP GSO %s / GRO %s, "
             "UDP port %d, %d peer(s), public key %s%s",
             tun.name,
+            self.data_path.name,
+            f" ({app.data_path_note})" if app.data_path_note else "",
             tun.queues,
             "on" if tun.offloads else "off",
             "on" if udp.gso_enabled else "off",

@@ -26,6 +26,7 @@ from tunplug import hookspecs
 from tunplug._marker import PROJECT_NAME
 from tunplug.config import TunplugSettings
 from tunplug.crypto import CryptoBackend
+from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
 from tunplug.events import TunnelInfo
 from tunplug.exceptions import PluginError
@@ -46,10 +47,11 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("flow-log", "tunplug_flowlog.plugin"),
     ("crypto-cryptography", "tunplug_crypto_cryptography.plugin"),
     ("crypto-sodium", "tunplug_crypto_sodium.plugin"),
+    ("datapath-python", "tunplug.datapath"),
 )
 
 Source = Literal["builtin", "entry-point", "direct"]
-Kind = Literal["tun", "dns", "crypto"]
+Kind = Literal["tun", "dns", "crypto", "datapath"]
 
 T = TypeVar("T")
 
@@ -57,6 +59,7 @@ _REGISTRATION_HOOKS: dict[Kind, tuple[str, str]] = {
     "tun": ("tunplug_register_tun_backends", "backend_name"),
     "dns": ("tunplug_register_dns_managers", "name"),
     "crypto": ("tunplug_register_crypto_backends", "name"),
+    "datapath": ("tunplug_register_data_paths", "name"),
 }
 
 
@@ -242,6 +245,9 @@ class PluginHost:
 
     def crypto_backends(self) -> Mapping[str, type[CryptoBackend]]:
         return {name: reg.cls for name, reg in self._registry("crypto").items()}
+
+    def data_paths(self) -> Mapping[str, type[DataPath]]:
+        return {name: reg.cls for name, reg in self._registry("datapath").items()}
 
     # -- startup and lifecycle ------------------------------------------------------------
     def pipeline(self, settings: TunplugSettings, tunnel: TunnelInfo) -> Pipeline:

@@ -16,11 +16,14 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
-from typing import ClassVar, Self
+from typing import TYPE_CHECKING, ClassVar, Self
 
 from anyio.abc import AsyncResource
 
 from tunplug.exceptions import BackendUnavailable
+
+if TYPE_CHECKING:
+    from tunplug.datapath import PacketOps
 
 #: A packet handed to :meth:`Tun.send`: any bytes-like object holding one IP packet.
 Packet = bytes | bytearray | memoryview
@@ -41,7 +44,8 @@ class TunOptions:
     multi-queue support ignore values above 1 and report ``queues == 1``. ``batch_size`` bounds
     :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for
     segmentation offloads when the backend and kernel support them (silently off otherwise; the
-    device says which in :attr:`Tun.offloads`).
+    device says which in :attr:`Tun.offloads`). ``packet_ops`` are the data path's offload
+    functions (:class:`tunplug.datapath.PacketOps`); ``None``: the backend's own.
     """
 
     name: str | None = None
@@ -50,6 +54,7 @@ class TunOptions:
     batch_size: int = DEFAULT_BATCH
     offloads: bool = False
     addresses: tuple[IPv4Interface | IPv6Interface, ...] = field(default_factory=tuple)
+    packet_ops: PacketOps | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not 576 <= self.mtu <= 65535:

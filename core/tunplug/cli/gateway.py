@@ -44,6 +44,7 @@ FLAGS = {
     "state_dir": "--state-dir",
     "interface": "--interface",
     "tun_threads": "--tun-threads",
+    "data_path": "--data-path",
     "metrics_address": "--metrics-address",
     "flow_logs": "--flow-logs",
     "log_dir": "--log-dir",
@@ -202,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="device queues, one reader and one writer thread each (TUNPLUG_TUN_THREADS, "
         "default 1)",
+    )
+    run.add_argument(
+        "--data-path",
+        choices=["auto", "native", "python"],
+        help="who moves the packets: native (the Rust core), python (the reference) or auto "
+        "(native when installed; TUNPLUG_DATA_PATH, default auto)",
     )
     run.add_argument(
         "--metrics-address",

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 FLAGS = {
     "tun_backend": "--tun",
     "tun_threads": "--tun-threads",
+    "data_path": "--data-path",
     "log_level": "--log-level",
     "log_dir": "--log-dir",
     "token_path": "--token-path",
@@ -157,6 +158,12 @@ def add_client_options(
         type=int,
         help="device queues, one reader and one writer thread each "
         "(TUNPLUG_TUN_THREADS, default 1)",
+    )
+    device.add_argument(
+        "--data-path",
+        choices=["auto", "native", "python"],
+        help="who moves the packets: native (the Rust core), python (the reference) or auto "
+        "(native when installed; TUNPLUG_DATA_PATH, default auto)",
     )
     device.add_argument("--dns-control", help=dns_help)
     logs = parser.add_argument_group("logs")

@@ -41,6 +41,7 @@ FLAGS = {
     "dns_control": "--dns-control",
     "tun_backend": "--tun",
     "tun_threads": "--tun-threads",
+    "data_path": "--data-path",
     "log_dir": "--log-dir",
     "log_level": "--log-level",
 }

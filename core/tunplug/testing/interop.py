@@ -2,9 +2,10 @@
 
 Who uses it: the end-to-end tests (``tests/e2e``), the live demo and the benchmarks. Two
 namespaces are joined by a veth "underlay"; each runs one endpoint (a ``tunplug-headless-client``
-process, or Debian's ``wireguard-go`` configured with ``wg``), and traffic goes only between the
+process, or a ``wireguard-go`` configured with ``wg``), and traffic goes only between the
 namespaces' own addresses. Needs root, iproute2, and for the wireguard-go side the
-``wireguard-go`` and ``wireguard-tools`` packages.
+``wireguard-tools`` package and a ``wireguard-go``: Debian's on ``PATH`` by default, or any build
+given as ``wggo_binary`` (the benchmarks pass Debian 13's, see ``benchmarks/wggo.py``).
 
 Addresses: underlay 10.201.0.1/24 (side a), 10.201.0.2/24 (side b), fd01::1/64, fd01::2/64;
 tunnel 10.202.0.1/24 and fd02::1/64 (side a), 10.202.0.2/24 and fd02::2/64 (side b).
@@ -194,9 +195,12 @@ class TunplugEndpoint(Endpoint):
 
 @dataclass(eq=False)
 class WireguardGoEndpoint(Endpoint):
-    """Debian's ``wireguard-go`` in the foreground, configured with ``wg set``."""
+    """``wireguard-go`` in the foreground, configured with ``wg set``."""
 
     kind: Kind = "wireguard-go"
+    #: The program to run: a name looked up on ``PATH`` or a path (another build, e.g. a newer
+    #: Debian's in a cache directory).
+    binary: str = "wireguard-go"
 
     def start(self, peer: PeerSpec) -> None:
         self.peer = peer
@@ -204,7 +208,7 @@ class WireguardGoEndpoint(Endpoint):
         log = (self.workdir / f"wireguard-go-{self.side}.log").open("ab")
         try:
             self.process = self.ns.popen(
-                "env", "LOG_LEVEL=error", "wireguard-go", "-f", self.ifname,
+                "env", "LOG_LEVEL=error", self.binary, "-f", self.ifname,
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
         finally:
@@ -212,7 +216,7 @@ class WireguardGoEndpoint(Endpoint):
         deadline = time.monotonic() + 10
         while not socket_path.exists():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"wireguard-go did not start (exit {self.process.poll()})")
+                raise RuntimeError(f"{self.binary} did not start (exit {self.process.poll()})")
             time.sleep(0.02)
         key_file = self.workdir / f"wg-{self.side}.key"
         key_file.write_text(self.keys.private + "\n")
@@ -339,10 +343,11 @@ def _endpoint(
     workdir: Path,
     tunplug_env: Mapping[str, str],
     tunplug_args: tuple[str, ...],
+    wggo_binary: str,
 ) -> Endpoint:
     if kind == "tunplug":
         return TunplugEndpoint(ns, side, workdir, env=tunplug_env, extra_args=tunplug_args)
-    return WireguardGoEndpoint(ns, side, workdir)
+    return WireguardGoEndpoint(ns, side, workdir, binary=wggo_binary)
 
 
 @contextmanager
@@ -352,8 +357,13 @@ def topology(
     *,
     tunplug_env: Mapping[str, str] | None = None,
     tunplug_args: tuple[str, ...] = (),
+    wggo_binary: str | os.PathLike[str] = "wireguard-go",
 ) -> Iterator[Topology]:
-    """Two fresh namespaces with endpoints of the given kinds; everything removed on exit."""
+    """Two fresh namespaces with endpoints of the given kinds; everything removed on exit.
+
+    ``tunplug_env`` and ``tunplug_args`` go to every tunplug endpoint, ``wggo_binary`` (a name
+    on ``PATH`` or a path) is what every wireguard-go endpoint runs.
+    """
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tunplug-e2e-")))
         ns_a, ns_b = stack.enter_context(NetNS()), stack.enter_context(NetNS())
@@ -361,8 +371,9 @@ def topology(
         for ns, side in ((ns_a, "a"), (ns_b, "b")):
             ns.run("ip", "addr", "add", f"{UNDERLAY[side][1]}/64", "dev", f"veth-{side}", "nodad")
         env = dict(tunplug_env or {})
-        a = _endpoint(kind_a, ns_a, "a", workdir, env, tunplug_args)
-        b = _endpoint(kind_b, ns_b, "b", workdir, env, tunplug_args)
+        binary = os.fspath(wggo_binary)
+        a = _endpoint(kind_a, ns_a, "a", workdir, env, tunplug_args, binary)
+        b = _endpoint(kind_b, ns_b, "b", workdir, env, tunplug_args, binary)
         stack.callback(a.stop)
         stack.callback(b.stop)
         yield Topology(a, b)

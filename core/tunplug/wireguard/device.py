@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from tunplug.crypto import CryptoBackend
+from tunplug.crypto import Aead, CryptoBackend
 from tunplug.tun import Packet
 from tunplug.wireguard.constants import (
     DEFAULT_MTU,
@@ -119,6 +119,10 @@ class WireGuardDevice:
     For an I/O loop that sends each output before encrypting the next batch (the engine does);
     it saves an allocation and a copy per packet. Other calls (:meth:`decrypt`, :meth:`tick`)
     always return their own bytes.
+
+    ``transport_aead`` makes the AEAD of each session direction from its key (default:
+    ``crypto.aead``); the data path supplies it (:meth:`tunplug.datapath.DataPath.transport_aead`),
+    e.g. the native core's. Handshakes always use ``crypto``.
     """
 
     def __init__(
@@ -132,12 +136,14 @@ class WireGuardDevice:
         mtu: int = DEFAULT_MTU,
         under_load_threshold: int = UNDER_LOAD_THRESHOLD,
         reuse_send_buffer: bool = False,
+        transport_aead: Callable[[bytes], Aead] | None = None,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError(f"private key must be 32 bytes, got {len(private_key)}")
         if mtu < 16:
             raise ValueError(f"MTU must be at least 16, got {mtu}")
         self.crypto = crypto
+        self._transport_aead = transport_aead or crypto.aead
         self.timing = timing
         self.mtu = mtu
         self._random = random
@@ -313,17 +319,17 @@ class WireGuardDevice:
         count = len(packets)
         keypair.send_counter = start + count
         mtu = self.mtu
-        counters = range(start, start + count)
-        plaintexts = [padded(p, mtu) for p in packets]
         prefix = keypair.transport_prefix
         append = out.to_network.append
         if buffer is not None:
-            sent = sum(map(len, plaintexts)) + count * (len(prefix) + 8 + 16)
-            region = buffer.take(sent)
-            for view in keypair.send.seal_many_into(counters, plaintexts, prefix, region):
+            sent = 0
+            for view in keypair.send.seal_transport(start, packets, prefix, mtu, buffer.take):
+                sent += len(view)
                 append((view, endpoint))
         else:
             sent = 0
+            counters = range(start, start + count)
+            plaintexts = [padded(p, mtu) for p in packets]
             sealed = keypair.send.seal_many(counters, plaintexts)
             for counter, ciphertext in zip(counters, sealed, strict=True):
                 message = prefix + counter.to_bytes(8, "little") + ciphertext
@@ -668,8 +674,8 @@ class WireGuardDevice:
         send_key, receive_key, is_initiator = derive_transport_keys(self.identity, handshake)
         keypair = Keypair(
             peer,
-            self.crypto.aead(send_key),
-            self.crypto.aead(receive_key),
+            self._transport_aead(send_key),
+            self._transport_aead(receive_key),
             is_initiator=is_initiator,
             local_index=handshake.local_index,
             remote_index=handshake.remote_index,

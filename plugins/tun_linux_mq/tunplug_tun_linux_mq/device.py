@@ -57,7 +57,7 @@ import os
 import sys
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 from typing import TYPE_CHECKING, Any, Self, TypedDict
 
@@ -74,11 +74,10 @@ from tunplug.exceptions import (
 from tunplug.tun import Packet, Tun, TunOptions
 from tunplug_tun_linux_mq._open import TUN_PATH, open_queues
 from tunplug_tun_linux_mq.flow import flow_key
-from tunplug_tun_linux_mq.offload import VNET_HDR_LEN, OffloadError, coalesce, split
+from tunplug_tun_linux_mq.offload import VNET_HDR_LEN, OffloadError, Write, coalesce, split
 
 if TYPE_CHECKING:
     import select
-    from collections.abc import Callable
 
     from tunplug_tun_linux_mq.netlink import Route, Rule
 
@@ -178,6 +177,10 @@ class LinuxMultiQueueTun(Tun):
         self.queues = len(fds)
         self.batch_size = options.batch_size
         self.offloads = vnet_hdr
+        ops = options.packet_ops
+        # The data path's offload surgery (the native core's), else this plugin's Python one.
+        self._split: Callable[[memoryview], list[bytes]] = ops.split if ops else split
+        self._coalesce: Callable[[list[bytes]], list[Write]] = ops.coalesce if ops else coalesce
         self._fds = list(fds)
         self._closed = False
         self._closed_error = ClosedResource(f"TUN device {name!r} is closed")
@@ -458,13 +461,13 @@ class LinuxMultiQueueTun(Tun):
                     return
                 batch = []
 
-    @staticmethod
-    def _split_into(batch: list[bytes], frame: memoryview, counters: _Counters) -> None:
+    def _split_into(self, batch: list[bytes], frame: memoryview, counters: _Counters) -> None:
         """Reader thread: append the packets of a read with a vnet header to ``batch``."""
         try:
-            packets = split(frame)
-        except OffloadError as exc:
-            counters.read_drops[exc.reason] += 1
+            packets = self._split(frame)
+        except ValueError as exc:  # OffloadError, or the native core's (reason in args[0])
+            reason = exc.reason if isinstance(exc, OffloadError) else str(exc.args[0])
+            counters.read_drops[reason] += 1
             return
         if frame[1]:
             counters.rx_super_packets += 1
@@ -486,7 +489,7 @@ class LinuxMultiQueueTun(Tun):
                 return
             written = written_bytes = 0
             if self.offloads:
-                for buffers, count, size in coalesce(chunk):
+                for buffers, count, size in self._coalesce(chunk):
                     done = write_one(index, fd, poller, os.writev, buffers, count)
                     if done is None:
                         return
@@ -609,7 +612,10 @@ def _open_and_configure(options: TunOptions) -> tuple[str, list[int], bool]:
     """Worker thread: open the queues, then set MTU, txqueuelen, addresses and link up."""
     from tunplug_tun_linux_mq import netlink
 
-    name, fds, vnet_hdr = open_queues(options.name, options.queues, options.offloads)
+    ops = options.packet_ops
+    name, fds, vnet_hdr = open_queues(
+        options.name, options.queues, options.offloads, rx_offloads=ops.rx_offloads if ops else None
+    )
     try:
         netlink.configure_interface(name, options.addresses, options.mtu)
     except BaseException:

@@ -3,21 +3,37 @@
 Two (or more) :class:`~tunplug.wireguard.WireGuardDevice` objects exchange datagrams through
 :class:`FakeNet`, which records every datagram, can lose or rewrite them, and advances a fake
 monotonic clock (the wall clock used for TAI64N follows it).
+
+The devices' transport AEAD follows ``TUNPLUG_DATA_PATH`` as tunplug does: the native core's
+when it is installed (``auto``, ``native``), the crypto backend's with ``python``; so the
+protocol tests here run on both data paths (``scripts/dev test`` runs them once per path).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tunplug.crypto import CryptoBackend
+from tunplug.crypto import Aead, CryptoBackend
 from tunplug.wireguard import Output, PeerConfig, Timing, WireGuardDevice
 from tunplug_crypto_cryptography.backend import CryptographyBackend
 
 Endpoint = tuple[str, int]
 WALL_CLOCK_BASE = 1_700_000_000.0
+
+
+def transport_aead_from_environment() -> Callable[[bytes], Aead] | None:
+    """The native AEAD unless ``TUNPLUG_DATA_PATH=python`` or the native core is missing."""
+    choice = os.environ.get("TUNPLUG_DATA_PATH", "auto")
+    if choice == "python" or importlib.util.find_spec("tunplug_fastpath") is None:
+        return None
+    from tunplug_fastpath import NativeAead
+
+    return NativeAead
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"payload", proto: int = 17) -> bytes:
@@ -110,6 +126,7 @@ class FakeNet:
         options: dict[str, object] = {
             "timing": self.timing,
             "wall_clock": wall_clock or self.wall_clock,
+            "transport_aead": transport_aead_from_environment(),
         }
         options.update(device_options)
         device = WireGuardDevice(key, self.crypto, **options)  # type: ignore[arg-type]
