@@ -354,6 +354,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_dir, file_name=f"{PROG}.log")
     app = App(settings)
+    app.data_path()  # an unknown or unavailable data path is a configuration error
     from tunplug.gateway.server import run_gateway
 
     with Registry.open(settings.state_dir, crypto=app.crypto()) as registry:

@@ -200,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(loaded.origin, "has no [Peer] section: nothing to connect to")
         app = App(settings)
         app.tun_backend()  # an unknown or unavailable backend is a configuration error
+        app.data_path()  # likewise an unknown or unavailable data path
         dns_name = choose_dns_manager(app, settings.dns_control, loaded)
         if args.check:
             return check(app, settings, args, loaded, dns_name)
@@ -306,6 +307,8 @@ def check(
         f"device id: {identity}",
         f"interface: {args.interface} via {backend.backend_name}, "
         f"{settings.tun_threads} queue(s), MTU {config.mtu or 'default'}",
+        f"data path: {app.data_path().name}"
+        + (f" ({app.data_path_note})" if app.data_path_note else ""),
         f"addresses: {', '.join(map(str, config.addresses)) or 'none'}",
     ]
     for peer in config.peers:

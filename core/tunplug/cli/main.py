@@ -16,15 +16,16 @@ from tunplug.app import App
 from tunplug.cli._common import EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
 from tunplug.crypto import CryptoBackend
+from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
-from tunplug.exceptions import ConfigError
-from tunplug.plugins import Kind, PluginHost, PluginRecord
+from tunplug.exceptions import ConfigError, TunplugError
+from tunplug.plugins import Kind, PluginRecord
 from tunplug.tun import Tun
 from tunplug.wireguard.keys import format_key, parse_key
 
 PROG = "tunplug"
 
-Backend = Tun | DnsManager | CryptoBackend
+Backend = Tun | DnsManager | CryptoBackend | DataPath
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings({"log_level": args.log_level})
         setup_logging(settings.log_level)
         if args.command == "plugins":
-            return show_plugins(PluginHost.from_settings(settings), as_json=args.json)
+            return show_plugins(App(settings), as_json=args.json)
         if args.command == "keygen":
             print(format_key(App(settings).crypto().generate_private_key()))
             return EXIT_OK
@@ -180,12 +181,14 @@ def _status(record: PluginRecord) -> str:
     return "loaded"
 
 
-def show_plugins(host: PluginHost, *, as_json: bool = False) -> int:
+def show_plugins(app: App, *, as_json: bool = False) -> int:
+    host = app.plugins
     records = host.describe()
     backends: dict[Kind, Mapping[str, type[Backend]]] = {
         "tun": host.tun_backends(),
         "dns": host.dns_managers(),
         "crypto": host.crypto_backends(),
+        "datapath": host.data_paths(),
     }
     if as_json:
         rows = []
@@ -243,7 +246,19 @@ def show_plugins(host: PluginHost, *, as_json: bool = False) -> int:
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    active = _active_data_path(app)
+    print(f"\ndata path: {active['name'] or '-'} ({active['note']})")
     return EXIT_OK
+
+
+def _active_data_path(app: App) -> dict[str, str]:
+    """Which data path a tunnel started with these settings would use, and why."""
+    try:
+        path = app.data_path()
+    except TunplugError as exc:
+        return {"name": "", "note": str(exc)}
+    note = app.data_path_note or (f"{path.description}; setting {app.settings.data_path!r}")
+    return {"name": path.name, "note": note}
 
 
 if __name__ == "__main__":

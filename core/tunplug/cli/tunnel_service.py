@@ -105,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         group_gid = resolve_group(settings.service_group)
         app = App(settings)
         app.tun_backend()  # an unknown or unavailable backend is a configuration error
+        app.data_path()  # likewise an unknown or unavailable data path
         require_net_admin()
         device_id = settings.id and validate_device_id(settings.id, "--id")
         device_id = device_id or load_or_create_device_id(settings.state_dir)
