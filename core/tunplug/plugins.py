@@ -50,6 +50,10 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("datapath-python", "tunplug.datapath"),
 )
 
+#: tunplug's own optional distributions: their entry points load even without autoload
+#: (``TUNPLUG_DISABLE_PLUGIN_AUTOLOAD`` keeps third-party code out, not tunplug's native core).
+FIRST_PARTY = frozenset({"tunplug-fastpath"})
+
 Source = Literal["builtin", "entry-point", "direct"]
 Kind = Literal["tun", "dns", "crypto", "datapath"]
 
@@ -129,7 +133,8 @@ class PluginHost:
 
     # -- loading --------------------------------------------------------------------------
     def load(self) -> None:
-        """Import and register the builtin plugins, then (with autoload) the entry points."""
+        """Import and register the builtin plugins, then the entry points: all of them with
+        autoload, else only those of :data:`FIRST_PARTY` distributions."""
         if self._loaded:
             raise RuntimeError("PluginHost.load() called twice")
         self._loaded = True
@@ -143,21 +148,22 @@ class PluginHost:
                 own_version,
                 partial(importlib.import_module, module),
             )
-        if self.autoload:
-            for ep in sorted(
-                importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-            ):
-                if ep.name in self.records:
-                    continue  # the same distribution seen twice on sys.path
-                dist = ep.dist
-                self._load_one(
-                    ep.name,
-                    ep.value,
-                    "entry-point",
-                    dist.name if dist else "?",
-                    dist.version if dist else "?",
-                    ep.load,
-                )
+        for ep in sorted(
+            importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+        ):
+            dist = ep.dist
+            if not (self.autoload or (dist is not None and dist.name in FIRST_PARTY)):
+                continue
+            if ep.name in self.records:
+                continue  # the same distribution seen twice on sys.path
+            self._load_one(
+                ep.name,
+                ep.value,
+                "entry-point",
+                dist.name if dist else "?",
+                dist.version if dist else "?",
+                ep.load,
+            )
         self.pm.check_pending()
         for kind in _REGISTRATION_HOOKS:
             self._registry(kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -46,6 +47,22 @@ def test_plugins_lists_builtin_backends_with_distribution():
     assert "never run on real macOS" in lines["tun-darwin"]
     assert "never run on real Windows" in lines["dns"]
     assert "never run" not in lines["tun-linux-mq"]
+
+
+@pytest.mark.parametrize("choice", ["python", "native"])
+def test_plugins_says_which_data_path_a_tunnel_would_use(choice):
+    if choice == "native" and importlib.util.find_spec("tunplug_fastpath") is None:
+        pytest.skip("the native core is not built")
+    result = run("plugins", env={"TUNPLUG_DATA_PATH": choice})
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("data path:")]
+    assert line.startswith(f"data path: {choice} (")
+    assert f"datapath:{choice}" in result.stdout
+
+
+def test_plugins_names_an_unknown_data_path():
+    result = run("plugins", env={"TUNPLUG_DATA_PATH": "warp"})
+    assert "data path: - (TUNPLUG_DATA_PATH: unknown data path 'warp'" in result.stdout
 
 
 def test_plugins_json_shows_blocked_plugins():

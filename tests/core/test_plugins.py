@@ -11,7 +11,7 @@ from tunplug import hookimpl
 from tunplug.config import load_settings
 from tunplug.events import TunnelInfo
 from tunplug.exceptions import PluginError
-from tunplug.plugins import BUILTIN_PLUGINS, PluginHost
+from tunplug.plugins import BUILTIN_PLUGINS, FIRST_PARTY, PluginHost
 from tunplug.testing import FakeTun
 
 from ._dists import make_distribution
@@ -40,7 +40,10 @@ def test_builtin_plugins_register_the_documented_backends():
     assert "disabled" in host.dns_managers()
     assert {"cryptography", "sodium"} <= set(host.crypto_backends())
     records = {record.name: record for record in host.describe()}
-    assert set(records) == {name for name, _ in BUILTIN_PLUGINS}
+    builtin = {name for name, record in records.items() if record.source == "builtin"}
+    assert builtin == {name for name, _ in BUILTIN_PLUGINS}
+    # Without autoload, only tunplug's own optional distribution (the native core) joins them.
+    assert {r.distribution for r in records.values() if r.source != "builtin"} <= FIRST_PARTY
     assert all(record.loaded for record in records.values()), records
     assert records["tun-fake"].provides == {"tun": ["fake"]}
     assert records["tun-fake"].distribution == "tunplug"

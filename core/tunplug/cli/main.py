@@ -247,7 +247,7 @@ def show_plugins(app: App, *, as_json: bool = False) -> int:
     for row in table:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     active = _active_data_path(app)
-    print(f"\ndata path: {active['name'] or '-'} ({active['note']})")
+    print(f"data path: {active['name'] or '-'} ({active['note']})")
     return EXIT_OK
 
 
