@@ -6,11 +6,18 @@ Who runs it: anyone with root, after ``scripts/dev setup``::
     sudo .venv/bin/python benchmarks/throughput.py --output docs/benchmarks.md  # and write it
 
 Each configuration is iperf3 through a WireGuard tunnel between two throw-away network
-namespaces (``tunplug.testing.interop``): wireguard-go <-> wireguard-go (the anchor), tunplug <->
-tunplug and tunplug <-> wireguard-go. Runs are interleaved (run 1 of every configuration, then
-run 2, ...), so machine noise falls on all of them alike, and every ratio is against the anchor
-measured in the same run. Traffic goes only between the namespaces' own addresses; the
-namespaces, devices and processes are removed on any exit (also Ctrl-C and SIGTERM).
+namespaces (``tunplug.testing.interop``). The endpoints:
+
+- ``wggo13``: Debian 13's wireguard-go 0.0.20231211 (TUN offloads, UDP GSO/GRO), fetched into a
+  cache by ``benchmarks/wggo.py`` without touching the system's apt sources: **the anchor**;
+- ``wggo12``: Debian 12's wireguard-go 0.0.20220316 (``/usr/bin/wireguard-go``), the anchor of
+  the figures before 2026-12, kept as a second column;
+- ``tunplug-native`` and ``tunplug-python``: tunplug with ``TUNPLUG_DATA_PATH=native|python``.
+
+Runs are interleaved (run 1 of every configuration, then run 2, ...), so machine noise falls on
+all of them alike, and every ratio is against the anchors measured in the same run. Traffic
+goes only between the namespaces' own addresses; the namespaces, devices and processes are
+removed on any exit (also Ctrl-C and SIGTERM).
 
 The pure parts (matrix, medians, ratios, targets, rendering) are tested without root in
 ``tests/benchmarks/test_throughput_script.py``; nothing here runs from the test suite.
@@ -23,6 +30,8 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import shlex
@@ -34,12 +43,14 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
+
+from wggo import FetchError, WireguardGo, default_cache_dir, fetch, system_wireguard_go
 
 import tunplug
 from tunplug.testing.interop import Endpoint, Kind, Topology, topology
@@ -54,23 +65,39 @@ MB = 1024 * 1024
 QUIET_WAIT_SECONDS = 30.0
 QUIET_WAIT_TOTAL_SECONDS = 300.0
 
-#: Pair names for ``--only``, in table order; the first is the anchor.
-PAIRS: dict[str, tuple[Kind, Kind]] = {
-    "wggo-wggo": ("wireguard-go", "wireguard-go"),
-    "tunplug-tunplug": ("tunplug", "tunplug"),
-    "tunplug-wggo": ("tunplug", "wireguard-go"),
+#: What runs on one side of a tunnel.
+EndpointKind = Literal["wggo13", "wggo12", "tunplug-native", "tunplug-python"]
+WGGO_KINDS: tuple[EndpointKind, ...] = ("wggo13", "wggo12")
+INTEROP_KINDS: dict[EndpointKind, Kind] = {
+    "wggo13": "wireguard-go",
+    "wggo12": "wireguard-go",
+    "tunplug-native": "tunplug",
+    "tunplug-python": "tunplug",
 }
-ANCHOR = "wggo-wggo"
-PAIR_LABELS = {
-    "wggo-wggo": "wg-go<->wg-go",
-    "tunplug-tunplug": "tunplug<->tunplug",
-    "tunplug-wggo": "tunplug<->wg-go",
+#: The environment that makes a tunplug endpoint one kind or the other. An explicit data path
+#: fails at start-up when it cannot run, instead of quietly falling back as ``auto`` would.
+TUNPLUG_KIND_ENV: dict[EndpointKind, dict[str, str]] = {
+    "tunplug-native": {"TUNPLUG_DATA_PATH": "native"},
+    "tunplug-python": {"TUNPLUG_DATA_PATH": "python"},
 }
 
-# Targets from the issue.
-TARGET_SINGLE_STREAM_RATIO = 2.0
-TARGET_MIXED_RATIO = 1.0
+#: Pair names for ``--only``, in table order; the first is the anchor, the second the old one.
+PAIRS: dict[str, tuple[EndpointKind, EndpointKind]] = {
+    "wggo13-wggo13": ("wggo13", "wggo13"),
+    "wggo12-wggo12": ("wggo12", "wggo12"),
+    "native-native": ("tunplug-native", "tunplug-native"),
+    "native-wggo13": ("tunplug-native", "wggo13"),
+    "python-python": ("tunplug-python", "tunplug-python"),
+}
+ANCHOR = "wggo13-wggo13"
+OLD_ANCHOR = "wggo12-wggo12"
+PAIR_LABELS = {pair: f"{a}<->{b}" for pair, (a, b) in PAIRS.items()}
+
+# Targets of the native core.
+TARGET_NATIVE_RATIO = 1.0
+TARGET_MIXED_RATIO = 0.9
 TARGET_IDLE_RSS_MB = 45.0
+NATIVE_QUEUES = (1, 2, 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +113,10 @@ A_TO_B = Test("1 stream a->b")
 B_TO_A = Test("1 stream b->a", reverse=True)
 FOUR_STREAMS = Test("4 streams a->b", streams=4)
 
+#: tunplug (pure Python, 1 queue, offloads on) against Debian 12's wireguard-go before the
+#: native core: docs/benchmarks.md of commit a151cfa (2026-11-24), the README's "1.7-2.0x".
+PYTHON_BEFORE_VS_WGGO12 = {A_TO_B: 1.71, B_TO_A: 1.91, FOUR_STREAMS: 1.97}
+
 
 @dataclass(frozen=True, slots=True)
 class Setup:
@@ -94,15 +125,27 @@ class Setup:
     pair: str
     tests: tuple[Test, ...]
     queues: int | None = None  # None: no tunplug endpoint
-    offloads: bool | None = None
 
     @property
-    def kinds(self) -> tuple[Kind, Kind]:
+    def kinds(self) -> tuple[EndpointKind, EndpointKind]:
         return PAIRS[self.pair]
 
     @property
+    def interop_kinds(self) -> tuple[Kind, Kind]:
+        return INTEROP_KINDS[self.kinds[0]], INTEROP_KINDS[self.kinds[1]]
+
+    @property
+    def wggo_kind(self) -> EndpointKind | None:
+        """The wireguard-go build of this pair (one per pair), None: no wireguard-go in it."""
+        wggo = {kind for kind in self.kinds if kind in WGGO_KINDS}
+        assert len(wggo) <= 1, f"{self.pair}: interop runs one wireguard-go build per topology"
+        return wggo.pop() if wggo else None
+
+    @property
     def tunplug_env(self) -> dict[str, str]:
-        return {} if self.offloads is None else {"TUNPLUG_OFFLOADS": str(self.offloads).lower()}
+        tunplug = {kind for kind in self.kinds if kind in TUNPLUG_KIND_ENV}
+        assert len(tunplug) <= 1, f"{self.pair}: interop gives every tunplug one environment"
+        return dict(TUNPLUG_KIND_ENV[tunplug.pop()]) if tunplug else {}
 
     @property
     def tunplug_args(self) -> tuple[str, ...]:
@@ -110,10 +153,8 @@ class Setup:
 
     @property
     def label(self) -> str:
-        if self.queues is None:
-            return PAIR_LABELS[self.pair]
-        offloads = "on" if self.offloads else "off"
-        return f"{PAIR_LABELS[self.pair]} q{self.queues} offloads {offloads}"
+        queues = "" if self.queues is None else f" q{self.queues}"
+        return PAIR_LABELS[self.pair] + queues
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +170,17 @@ class Config:
 
 
 def build_matrix(only: Sequence[str] = ()) -> list[Setup]:
-    """The default matrix; ``only`` keeps those pairs (the anchor always stays: ratios need it)."""
-    tunplug = ("tunplug-tunplug", "tunplug-wggo")
-    setups = [Setup(ANCHOR, (A_TO_B, B_TO_A, FOUR_STREAMS))]
-    for pair in tunplug:
-        setups.append(Setup(pair, (A_TO_B, B_TO_A, FOUR_STREAMS), queues=1, offloads=True))
-        if pair == "tunplug-tunplug":
-            setups.append(Setup(pair, (A_TO_B, B_TO_A), queues=1, offloads=False))
-        setups.append(Setup(pair, (FOUR_STREAMS,), queues=2, offloads=True))
+    """The default matrix; ``only`` keeps those pairs (the anchor always stays: ratios need it;
+    the old anchor only when named)."""
+    both_ways = (A_TO_B, B_TO_A, FOUR_STREAMS)
+    setups = [
+        Setup(ANCHOR, both_ways),
+        Setup(OLD_ANCHOR, both_ways),
+        Setup("native-native", both_ways, queues=1),
+        *(Setup("native-native", (FOUR_STREAMS,), queues=q) for q in NATIVE_QUEUES[1:]),
+        Setup("native-wggo13", both_ways, queues=1),
+        Setup("python-python", both_ways, queues=1),
+    ]
     wanted = {ANCHOR, *only} if only else set(PAIRS)
     return [setup for setup in setups if setup.pair in wanted]
 
@@ -205,29 +249,22 @@ class Result:
         return self.median(lambda s: s.idle_rss[side] / MB)
 
 
-def ratio(result: Result, results: Sequence[Result]) -> float | None:
-    """Median throughput over the anchor's median for the same test (None: either missing)."""
-    anchor = find(results, ANCHOR, result.config.test)
-    mine, theirs = result.mbps, anchor.mbps if anchor else None
-    return mine / theirs if mine is not None and theirs else None
+def ratio(result: Result, results: Sequence[Result], anchor: str = ANCHOR) -> float | None:
+    """Median throughput over ``anchor``'s median for the same test (None: either missing)."""
+    theirs = find(results, anchor, result.config.test)
+    mine, base = result.mbps, theirs.mbps if theirs else None
+    return mine / base if mine is not None and base else None
 
 
 def find(
-    results: Sequence[Result],
-    pair: str,
-    test: Test,
-    queues: int | None = None,
-    offloads: bool | None = None,
+    results: Sequence[Result], pair: str, test: Test, queues: int | None = None
 ) -> Result | None:
-    """The result for a pair and test; for tunplug pairs by default with 1 queue, offloads on."""
-    if pair != ANCHOR:
+    """The result for a pair and test; for pairs with tunplug by default with 1 queue."""
+    if any(kind in TUNPLUG_KIND_ENV for kind in PAIRS[pair]):
         queues = 1 if queues is None else queues
-        offloads = True if offloads is None else offloads
     for result in results:
         setup = result.config.setup
-        if (setup.pair, setup.queues, setup.offloads) == (pair, queues, offloads) and (
-            result.config.test == test
-        ):
+        if (setup.pair, setup.queues, result.config.test) == (pair, queues, test):
             return result
     return None
 
@@ -268,13 +305,19 @@ def device_tso(endpoint: Endpoint) -> bool | None:
 
 
 def code_fingerprint(root: Path = CODE_ROOT) -> str:
-    """Changes whenever a Python file of the measured tree changes (edits during a run)."""
+    """Changes whenever a Python file or a built native module of the measured tree changes
+    (edits or rebuilds during a run); Cargo's ``target`` directories do not count."""
     entries = []
     for folder in ("core", "plugins"):
-        for path in sorted((root / folder).rglob("*.py")):
-            with contextlib.suppress(OSError):
-                stat = path.stat()
-                entries.append(f"{path}:{stat.st_mtime_ns}:{stat.st_size}")
+        for parent, dirs, files in os.walk(root / folder):
+            dirs[:] = sorted(d for d in dirs if d not in ("target", "__pycache__", ".git"))
+            for name in sorted(files):
+                if not name.endswith((".py", ".so")):
+                    continue
+                path = Path(parent, name)
+                with contextlib.suppress(OSError):
+                    stat = path.stat()
+                    entries.append(f"{path}:{stat.st_mtime_ns}:{stat.st_size}")
     return hashlib.sha256("\n".join(entries).encode()).hexdigest()
 
 
@@ -361,9 +404,13 @@ def run_benchmark(
     setups: Sequence[Setup],
     runs: int,
     seconds: float,
+    binaries: Mapping[EndpointKind, Path],
     log: Callable[..., None] = print,
 ) -> tuple[list[Result], dict[str, str]]:
-    """Run the matrix ``runs`` times, interleaved; returns the results and facts on the run."""
+    """Run the matrix ``runs`` times, interleaved; returns the results and facts on the run.
+
+    ``binaries`` holds the wireguard-go program of each ``wggo*`` kind in the matrix.
+    """
     results = {config: Result(config) for config in configs(setups)}
     facts: dict[str, str] = {}
     namespaces: list[str] = []
@@ -372,8 +419,12 @@ def run_benchmark(
         for setup in setups:
             started = 0
             try:
+                wggo = setup.wggo_kind
                 with topology(
-                    *setup.kinds, tunplug_env=setup.tunplug_env, tunplug_args=setup.tunplug_args
+                    *setup.interop_kinds,
+                    tunplug_env=setup.tunplug_env,
+                    tunplug_args=setup.tunplug_args,
+                    wggo_binary=binaries[wggo] if wggo else "wireguard-go",
                 ) as topo:
                     namespaces += [topo.a.ns.name, topo.b.ns.name]
                     topo.connect(initiator="a")
@@ -451,24 +502,46 @@ def format_sample(sample: Sample) -> str:
     )
 
 
-def machine_facts() -> dict[str, str]:
-    """What the figures depend on: CPUs, kernel, Python, wireguard-go, iperf3, date."""
+WGGO_FACT_NAMES: dict[EndpointKind, str] = {
+    "wggo13": "wireguard-go wggo13 (the anchor: Debian 13)",
+    "wggo12": "wireguard-go wggo12 (Debian 12)",
+}
+
+
+def machine_facts(wggo: Mapping[EndpointKind, WireguardGo]) -> dict[str, str]:
+    """What the figures depend on: CPUs, kernel, Python, both wireguard-go builds, the native
+    core, iperf3, date."""
     model = "unknown"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return {
+    facts = {
         "CPUs (nproc)": str(len(os.sched_getaffinity(0))),
         "CPU model": model,
         "Kernel": platform.release(),
         "Python": platform.python_version(),
-        "wireguard-go": _first_line(["wireguard-go", "--version"]),
+    }
+    for kind, name in WGGO_FACT_NAMES.items():
+        found = wggo.get(kind)
+        facts[name] = (
+            f"{found.version}, Debian package {found.package_version}" if found else "not run"
+        )
+    facts |= {
+        "tunplug native core": _native_core_version(),
         "iperf3": _first_line(["iperf3", "--version"]),
         "tunplug commit": _code_version(),
         "Date (UTC)": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     }
+    return facts
+
+
+def _native_core_version() -> str:
+    try:
+        return f"tunplug-fastpath {importlib.metadata.version('tunplug-fastpath')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _code_version() -> str:
@@ -498,65 +571,141 @@ def _first_line(cmd: list[str]) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One goal from the issue; ``passed`` is None when its configurations were not measured."""
+    """One goal of the native core; ``passed`` is None when its configurations were not
+    measured. An ``informational`` line only reports figures."""
 
     name: str
     passed: bool | None
     detail: str
+    informational: bool = False
+
+    @property
+    def verdict(self) -> str:
+        if self.informational:
+            return "info"
+        return {True: "met", False: "NOT MET", None: "n/a"}[self.passed]
 
     def line(self) -> str:
-        verdict = {True: "PASS", False: "FAIL", None: "n/a "}[self.passed]
-        return f"{verdict}  {self.name}: {self.detail}"
+        return f"{self.verdict:<7}  {self.name}: {self.detail}"
 
 
-def evaluate_targets(results: Sequence[Result]) -> list[Target]:
-    targets: list[Target] = []
-    for pair, goal, tests in (
-        ("tunplug-tunplug", TARGET_SINGLE_STREAM_RATIO, (A_TO_B, B_TO_A)),
-        ("tunplug-wggo", TARGET_MIXED_RATIO, (A_TO_B, B_TO_A, FOUR_STREAMS)),
-    ):
-        for test in tests:
-            name = f"{PAIR_LABELS[pair]} {test.name} >= {goal:.1f}x wg-go<->wg-go"
-            result = find(results, pair, test)
-            value = ratio(result, results) if result else None
-            if value is None:
-                targets.append(Target(name, None, "not measured"))
-            else:
-                targets.append(Target(name, value >= goal, f"{value:.2f}x"))
-    for pair in ("tunplug-tunplug", "tunplug-wggo"):
-        name = f"{PAIR_LABELS[pair]} 4 streams: 2 queues >= 1 queue, no more retransmits"
-        one = find(results, pair, FOUR_STREAMS, queues=1)
-        two = find(results, pair, FOUR_STREAMS, queues=2)
-        if not (one and two and one.mbps is not None and two.mbps is not None):
-            targets.append(Target(name, None, "not measured"))
-            continue
-        retr_one, retr_two = one.retransmits or 0.0, two.retransmits or 0.0
-        passed = two.mbps >= one.mbps and retr_two <= retr_one
-        detail = (
-            f"{two.mbps:.0f} vs {one.mbps:.0f} Mbit/s, {retr_two:.0f} vs {retr_one:.0f} retransmits"
+NATIVE = PAIR_LABELS["native-native"]
+ANCHOR_LABEL = PAIR_LABELS[ANCHOR]
+
+
+def _vs_anchor(result: Result | None, results: Sequence[Result]) -> str:
+    anchor = find(results, ANCHOR, result.config.test) if result else None
+    value = ratio(result, results) if result else None
+    if result is None or anchor is None or value is None:
+        return "not measured"
+    return f"{value:.2f}x ({_num(result.mbps)} vs {_num(anchor.mbps)} Mbit/s)"
+
+
+def _throughput_targets(results: Sequence[Result]) -> Iterator[Target]:
+    for test in (A_TO_B, B_TO_A):
+        name = f"{NATIVE} {test.name} >= {TARGET_NATIVE_RATIO:.1f}x {ANCHOR_LABEL}"
+        result = find(results, "native-native", test)
+        value = ratio(result, results) if result else None
+        passed = None if value is None else value >= TARGET_NATIVE_RATIO
+        yield Target(name, passed, _vs_anchor(result, results))
+    for test in (A_TO_B, B_TO_A):
+        name = (
+            f"{PAIR_LABELS['native-wggo13']} {test.name} >= {TARGET_MIXED_RATIO:.1f}x "
+            f"{ANCHOR_LABEL}, retransmits no more than its"
         )
-        targets.append(Target(name, passed, detail))
+        result = find(results, "native-wggo13", test)
+        anchor = find(results, ANCHOR, test)
+        value = ratio(result, results) if result else None
+        if result is None or anchor is None or value is None:
+            yield Target(name, None, "not measured")
+            continue
+        mine, theirs = result.retransmits or 0.0, anchor.retransmits or 0.0
+        passed = value >= TARGET_MIXED_RATIO and mine <= theirs
+        detail = f"{_vs_anchor(result, results)}, {mine:.0f} vs {theirs:.0f} retransmits"
+        yield Target(name, passed, detail)
+
+
+def _queue_target(results: Sequence[Result]) -> Target:
+    name = f"{NATIVE} 4 streams: 2 queues >= 1 queue, no more retransmits"
+    by_queues = {q: find(results, "native-native", FOUR_STREAMS, queues=q) for q in NATIVE_QUEUES}
+    one, two = by_queues[1], by_queues[2]
+    if not (one and two and one.mbps is not None and two.mbps is not None):
+        return Target(name, None, "not measured")
+    retr_one, retr_two = one.retransmits or 0.0, two.retransmits or 0.0
+    passed = two.mbps >= one.mbps and retr_two <= retr_one
+    detail = (
+        f"{two.mbps:.0f} vs {one.mbps:.0f} Mbit/s, {retr_two:.0f} vs {retr_one:.0f} retransmits"
+    )
+    four = by_queues[4]
+    if four and four.mbps is not None:
+        detail += f" (4 queues: {four.mbps:.0f} Mbit/s, {four.retransmits or 0:.0f} retransmits)"
+    return Target(name, passed, detail)
+
+
+def _cpu_per_gb(result: Result | None, side: int) -> float | None:
+    return result.median(lambda s: s.cpu_seconds_per_gb(side)) if result else None
+
+
+def _cpu_targets(results: Sequence[Result]) -> Iterator[Target]:
+    """Per test and side: the native endpoint's CPU s/GB against the anchor's on that side."""
+    for test in (A_TO_B, B_TO_A, FOUR_STREAMS):
+        name = f"{NATIVE} {test.name} CPU s/GB <= {ANCHOR_LABEL}'s, both sides"
+        mine, theirs = find(results, "native-native", test), find(results, ANCHOR, test)
+        sides = [(_cpu_per_gb(mine, side), _cpu_per_gb(theirs, side)) for side in (0, 1)]
+        figures = [(m, t) for m, t in sides if m is not None and t is not None]
+        if len(figures) < len(sides):
+            yield Target(name, None, "not measured")
+            continue
+        detail = ", ".join(
+            f"{'ab'[side]} {m:.1f} vs {t:.1f}" for side, (m, t) in enumerate(figures)
+        )
+        yield Target(name, all(m <= t for m, t in figures), detail + " s/GB")
+
+
+def _idle_target(results: Sequence[Result]) -> Target:
     idle = [
         (value, result.config.setup.label, "ab"[side])
         for result in results
         for side in (0, 1)
-        if result.config.setup.kinds[side] == "tunplug"
+        if result.config.setup.kinds[side] == "tunplug-native"
         and (value := result.idle_rss_mb(side)) is not None
     ]
-    name = f"tunplug idle RSS <= {TARGET_IDLE_RSS_MB:.0f} MB"
-    if idle:
-        worst = max(idle)
-        passed = worst[0] <= TARGET_IDLE_RSS_MB
-        targets.append(
-            Target(name, passed, f"at most {worst[0]:.1f} MB ({worst[1]}, side {worst[2]})")
+    name = f"tunplug-native idle RSS <= {TARGET_IDLE_RSS_MB:.0f} MB"
+    if not idle:
+        return Target(name, None, "not measured")
+    worst = max(idle)
+    detail = f"at most {worst[0]:.1f} MB ({worst[1]}, side {worst[2]})"
+    return Target(name, worst[0] <= TARGET_IDLE_RSS_MB, detail)
+
+
+def _python_report(results: Sequence[Result]) -> Target:
+    """tunplug-python against before: its ratio to Debian 12's build, the anchor of then."""
+    parts = []
+    for test, before in PYTHON_BEFORE_VS_WGGO12.items():
+        result = find(results, "python-python", test)
+        if result is None or result.mbps is None:
+            continue
+        now, old = ratio(result, results), ratio(result, results, OLD_ANCHOR)
+        parts.append(
+            f"{test.name} {_num(now, '.2f', 'x')} wggo13, {_num(old, '.2f', 'x')} wggo12 "
+            f"(before {before:.2f}x wggo12)"
         )
-    else:
-        targets.append(Target(name, None, "not measured"))
-    return targets
+    name = f"{PAIR_LABELS['python-python']} not slower than before"
+    return Target(name, None, "; ".join(parts) or "not measured", informational=bool(parts))
+
+
+def evaluate_targets(results: Sequence[Result]) -> list[Target]:
+    return [
+        *_throughput_targets(results),
+        _queue_target(results),
+        *_cpu_targets(results),
+        _idle_target(results),
+        _python_report(results),
+    ]
 
 
 RESULT_HEADER = [
-    "Pair", "Queues", "Offloads", "TSO a/b", "Test", "Mbit/s", "Range", "vs wg-go", "Retr",
+    "Pair", "Queues", "TSO a/b", "Test", "Mbit/s", "Range", "vs wggo13", "vs wggo12", "Retr",
     "CPU s/GB a", "CPU s/GB b", "Peak RSS MB a/b", "Idle RSS MB a/b", "Runs",
 ]  # fmt: skip
 CPU_HEADER = [
@@ -572,17 +721,18 @@ def _pair_of(values: tuple[float | None, float | None], spec: str = ".0f") -> st
     return "/".join(_num(value, spec) for value in values)
 
 
+def _ratio_cell(result: Result, results: Sequence[Result], anchor: str) -> str:
+    if result.config.setup.pair == anchor:
+        return "1.00x (anchor)" if result.samples else "-"
+    return _num(ratio(result, results, anchor), ".2f", "x")
+
+
 def result_rows(results: Sequence[Result]) -> list[list[str]]:
     """The main table, one row per configuration, in matrix order."""
     rows = []
     for result in results:
         setup, test = result.config.setup, result.config.test
         mbps = [s.bits_per_second / 1e6 for s in result.samples]
-        value = ratio(result, results)
-        if setup.pair == ANCHOR:
-            vs = "1.00x (anchor)" if result.samples else "-"
-        else:
-            vs = _num(value, ".2f", "x")
         notes = [f"{result.failures} failed"] if result.failures else []
         if disturbed := sum(sample.disturbed for sample in result.samples):
             notes.append(f"{disturbed} disturbed")
@@ -591,12 +741,12 @@ def result_rows(results: Sequence[Result]) -> list[list[str]]:
             [
                 PAIR_LABELS[setup.pair],
                 "-" if setup.queues is None else str(setup.queues),
-                "-" if setup.offloads is None else ("on" if setup.offloads else "off"),
                 _tso_cell(result),
                 test.name,
                 _num(result.mbps),
                 f"{min(mbps):.0f}-{max(mbps):.0f}" if mbps else "-",
-                vs,
+                _ratio_cell(result, results, ANCHOR),
+                _ratio_cell(result, results, OLD_ANCHOR),
                 _num(result.retransmits),
                 _num(result.median(lambda s: s.cpu_seconds_per_gb(0)), ".1f"),
                 _num(result.median(lambda s: s.cpu_seconds_per_gb(1)), ".1f"),
@@ -608,42 +758,35 @@ def result_rows(results: Sequence[Result]) -> list[list[str]]:
     return rows
 
 
+def _tso_word(seen: set[bool | None]) -> str:
+    if seen == {True}:
+        return "on"
+    if seen == {False}:
+        return "off"
+    return "mixed" if len(seen - {None}) > 1 else "?"
+
+
 def _tso_cell(result: Result) -> str:
-    def word(side: int) -> str:
-        seen = {sample.tso[side] for sample in result.samples}
-        if seen == {True}:
-            return "on"
-        if seen == {False}:
-            return "off"
-        return "mixed" if len(seen - {None}) > 1 else "?"
-
-    return f"{word(0)}/{word(1)}" if result.samples else "-"
+    if not result.samples:
+        return "-"
+    return "/".join(_tso_word({s.tso[side] for s in result.samples}) for side in (0, 1))
 
 
-def offload_note(results: Sequence[Result]) -> str:
-    """What the offload setting did in this run, from the devices' TSO flags."""
-    asked = [
-        sample.tso[side]
-        for result in results
-        if result.config.setup.offloads
-        for sample in result.samples
-        for side in (0, 1)
-        if result.config.setup.kinds[side] == "tunplug"
-    ]
-    if asked and all(tso is False for tso in asked):
-        return (
-            "With `TUNPLUG_OFFLOADS=true` the tunplug devices had TSO off, as designed: tunplug's "
-            "offloads are UDP GSO/GRO on the socket and TCP coalescing (GRO) on TUN writes "
-            "(`IFF_VNET_HDR`), which need no TSO on the device; splitting TSO super-packets on "
-            "reads is built but off (measured slower in Python). The *on* and *off* rows "
-            "therefore differ in those offloads only."
-        )
-    if asked and all(tso is True for tso in asked):
-        return (
-            "With `TUNPLUG_OFFLOADS=true` every tunplug device had TSO on, so the offloads took "
-            "effect; the *off* rows measure the plain path."
-        )
-    return "Whether offloads took effect varied or is unknown: see the *TSO a/b* column."
+def tso_by_kind(results: Sequence[Result]) -> dict[EndpointKind, str]:
+    """Whether each kind of endpoint had TSO on its device in this run: on, off, mixed, ?."""
+    seen: dict[EndpointKind, set[bool | None]] = {}
+    for result in results:
+        for side, kind in enumerate(result.config.setup.kinds):
+            seen.setdefault(kind, set()).update(s.tso[side] for s in result.samples)
+    return {kind: _tso_word(values) for kind, values in seen.items() if values}
+
+
+def tso_note(results: Sequence[Result]) -> str:
+    """What the devices' TSO flags showed in this run, per kind of endpoint."""
+    seen = tso_by_kind(results)
+    if not seen:
+        return "No device was read in this run."
+    return "Seen in this run: " + ", ".join(f"{kind} {word}" for kind, word in seen.items()) + "."
 
 
 def _indented(text: str) -> str:
@@ -700,14 +843,22 @@ def describe_matrix(setups: Sequence[Setup]) -> list[str]:
 
 
 NOTES = """\
+- **Endpoints.** *wggo13* is Debian 13's wireguard-go 0.0.20231211 (it has wireguard-go's TUN
+  offloads and UDP GSO/GRO, 2023), fetched into a cache by `benchmarks/wggo.py`; *wggo12* is
+  Debian 12's 0.0.20220316, which has neither; *tunplug-native* and *tunplug-python* are tunplug
+  with `TUNPLUG_DATA_PATH=native` (the Rust core, tunplug-fastpath) and `=python`.
+- **Before.** The README's earlier ratios (tunplug 1.7-2.0x wireguard-go, 1.1-1.4x against it)
+  were against Debian 12's 2022 build, i.e. the *vs wggo12* column here; the anchor is now
+  Debian 13's build, several times faster on this machine.
 - **Sides.** Side a is always the iperf3 client and the handshake initiator; in
-  tunplug<->wg-go side a is tunplug. *a->b*: a sends (so in tunplug<->wg-go tunplug encrypts);
+  tunplug-native<->wggo13 side a is tunplug. *a->b*: a sends (so there tunplug encrypts);
   *b->a* is iperf3 `-R` (b sends, tunplug decrypts).
 - **Mbit/s** is iperf3's received throughput summed over the streams, the median of the runs;
   *Range* is the lowest and highest run.
-- **vs wg-go** is that median over the median of wireguard-go<->wireguard-go for the same test,
-  measured in the same run (configurations interleaved: run 1 of all, then run 2, ...). Above
-  1.00x tunplug is faster. Compare ratios, never absolute figures across machines.
+- **vs wggo13** is that median over the median of wggo13<->wggo13 for the same test, measured in
+  the same run (configurations interleaved: run 1 of all, then run 2, ...); **vs wggo12** the
+  same against wggo12<->wggo12 (`-` when that pair was not run). Above 1.00x the row is faster.
+  Compare ratios, never absolute figures across machines.
 - **Retr** is the sender's TCP retransmits over the whole test (iperf3
   `end.sum_sent.retransmits`), median: packets dropped inside the tunnel (full queues, reordering)
   show up here.
@@ -721,14 +872,13 @@ NOTES = """\
   many runs. *disturbed*: in that many runs other network namespaces (someone else's tests)
   existed before or after the test, so it probably shared the CPUs with them; before each test
   the benchmark waits up to 30 s for such namespaces to go (5 minutes in all).
-- **Queues** is `--tun-threads` (TUN queues, one reader and one writer thread each) of every
-  tunplug endpoint; wireguard-go has its own fixed design (`-`).
-- **Offloads** is `TUNPLUG_OFFLOADS=true|false` for every tunplug endpoint. **TSO a/b** is
-  whether each tunnel device had TCP segmentation offload on, read from the device (ethtool's
-  `ETHTOOL_GTSO`), i.e. whether the TUN offloads really took effect; UDP GSO/GRO on the sockets is
-  not visible from outside. The anchor, Debian's wireguard-go 0.0.20220316, predates
-  wireguard-go's own TUN offloads (2023) and runs without them (TSO off).
-{offloads}
+- **Queues** is `--tun-threads` (TUN queues) of every tunplug endpoint; wireguard-go has its own
+  fixed design (`-`).
+- **TSO a/b** is whether each tunnel device had TCP segmentation offload on, read from the device
+  (ethtool's `ETHTOOL_GTSO`): wireguard-go turns it on since its 2023 offloads (wggo13), Debian
+  12's build cannot (wggo12); tunplug turns it on only where splitting super-packets on reads
+  pays (its data path decides). UDP GSO/GRO on the sockets is not visible from outside.
+{tso}
 - **One machine.** Both endpoints, iperf3's client and server and the kernel's veth and TUN work
   share the CPUs listed above, so every configuration is CPU-bound: the figures measure work per
   byte, not a link. *Where the CPU went* shows who used it (percent of one CPU; an endpoint with
@@ -751,7 +901,8 @@ def render_markdown(
 
 Generated by `{command}` (`benchmarks/throughput.py`, see `benchmarks/README.md`); regenerate it
 rather than editing it. iperf3 over TCP through a WireGuard tunnel between two network namespaces
-joined by veth, on one machine.
+joined by veth, on one machine. The anchor is Debian 13's wireguard-go (*wggo13*); Debian 12's
+(*wggo12*), the anchor of the figures before 2026-12, is the second ratio column.
 
 | Machine and run | |
 | --- | --- |
@@ -773,7 +924,7 @@ Median percent of one CPU during the test; *Machine busy* is of all CPUs togethe
 
 ## How to read it
 
-{NOTES.format(offloads=_indented(offload_note(results)))}
+{NOTES.format(tso=_indented(tso_note(results)))}
 ## Matrix
 
 Each line is one pair of namespaces, set up afresh in every run, and the iperf3 tests run
@@ -790,9 +941,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchmarks/throughput.py",
         description="iperf3 through tunplug and wireguard-go tunnels between two throw-away "
-        "network namespaces; prints a table with ratios against wireguard-go<->wireguard-go "
-        "measured in the same run. Needs root, wireguard-go, wireguard-tools and iperf3 "
-        "(scripts/dev setup installs them).",
+        "network namespaces; prints a table with ratios against Debian 13's "
+        "wireguard-go<->wireguard-go (and Debian 12's) measured in the same run. Needs root, "
+        "wireguard-go, wireguard-tools and iperf3 (scripts/dev setup installs them); fetches "
+        "Debian 13's wireguard-go into a cache on first use.",
     )
     parser.add_argument("--runs", type=int, help="runs per configuration, interleaved (default 3)")
     parser.add_argument("--seconds", type=float, help="iperf3 duration per test (default 5)")
@@ -808,6 +960,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"measure only this pair (repeatable; one of {', '.join(PAIRS)}); "
         f"{ANCHOR} is always measured since every ratio is against it",
     )
+    parser.add_argument(
+        "--wggo-cache", type=Path, metavar="DIR",
+        help=f"where Debian 13's wireguard-go is fetched to and kept (default "
+        f"$XDG_CACHE_HOME or ~/.cache, then tunplug/{default_cache_dir().name})",
+    )  # fmt: skip
     parser.add_argument(
         "--output", type=Path, metavar="FILE", help="also write the report as Markdown, e.g. "
         "docs/benchmarks.md"
@@ -825,6 +982,7 @@ class Options:
     only: tuple[str, ...]
     output: Path | None
     list_only: bool
+    wggo_cache: Path | None = None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -836,18 +994,43 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         parser.error("--runs must be at least 1")
     if seconds < 1:
         parser.error("--seconds must be at least 1")
-    return Options(runs, seconds, tuple(args.only), args.output, args.list)
+    return Options(runs, seconds, tuple(args.only), args.output, args.list, args.wggo_cache)
 
 
-def _preflight() -> str | None:
+def kinds_in(setups: Sequence[Setup]) -> set[EndpointKind]:
+    return {kind for setup in setups for kind in setup.kinds}
+
+
+def _preflight(setups: Sequence[Setup]) -> str | None:
     if sys.platform != "linux":
         return "needs Linux (network namespaces)"
     if os.geteuid() != 0:
         return "needs root: sudo .venv/bin/python benchmarks/throughput.py"
-    missing = [tool for tool in ("ip", "wireguard-go", "wg", "iperf3") if not shutil.which(tool)]
+    missing = [tool for tool in ("ip", "wg", "iperf3") if not shutil.which(tool)]
     if missing:
         return f"missing {', '.join(missing)} (scripts/dev setup installs them)"
+    if "tunplug-native" in kinds_in(setups) and not importlib.util.find_spec("tunplug_fastpath"):
+        return (
+            "the native core (tunplug-fastpath) is not installed: build it, or leave out the "
+            "native pairs with --only"
+        )
     return None
+
+
+def wireguard_go_builds(
+    setups: Sequence[Setup], cache: Path | None, log: Callable[[str], None] = print
+) -> dict[EndpointKind, WireguardGo]:
+    """The wireguard-go of every ``wggo*`` kind in the matrix (Debian 13's fetched if needed).
+
+    :raises FetchError: one of them is missing and cannot be fetched.
+    """
+    builds: dict[EndpointKind, WireguardGo] = {}
+    kinds = kinds_in(setups)
+    if "wggo13" in kinds:
+        builds["wggo13"] = fetch(cache, log=log)
+    if "wggo12" in kinds:
+        builds["wggo12"] = system_wireguard_go()
+    return builds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -859,10 +1042,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{len(configs(setups))} configurations x {options.runs} runs of "
               f"{options.seconds:g} s: about {minutes:.0f} min")  # fmt: skip
         return 0
-    problem = _preflight()
+    problem = _preflight(setups)
     if problem:
         print(f"benchmarks/throughput.py: {problem}", file=sys.stderr)
         return 2
+    try:
+        builds = wireguard_go_builds(setups, options.wggo_cache, partial(print, flush=True))
+    except FetchError as error:
+        print(f"benchmarks/throughput.py: wireguard-go: {error}", file=sys.stderr)
+        return 2
+    for kind, build in builds.items():
+        print(f"{kind}: {build.describe()}")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     command = shlex.join(
@@ -878,10 +1068,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with exclusive_lock():
-            machine = machine_facts()
+            machine = machine_facts(builds)
             code_before = code_fingerprint()
             results, facts = run_benchmark(
-                setups, options.runs, options.seconds, partial(print, flush=True)
+                setups,
+                options.runs,
+                options.seconds,
+                {kind: build.binary for kind, build in builds.items()},
+                partial(print, flush=True),
             )
     except KeyboardInterrupt:
         print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
@@ -894,7 +1088,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         machine["tunplug commit"] += (
             " - WARNING: the code changed during the run, the figures mix versions"
         )
-        print(f"WARNING: Python files under {CODE_ROOT} changed during the run", file=sys.stderr)
+        print(
+            f"WARNING: Python files or native modules under {CODE_ROOT} changed during the run",
+            file=sys.stderr,
+        )
     machine["TCP congestion control"] = facts.get("tcp_congestion", "unknown")
     machine["Other namespace tests"] = facts["disturbed"]
     machine["Runs"] = (
