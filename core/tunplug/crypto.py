@@ -25,7 +25,23 @@ class Aead(ABC):
     """ChaCha20-Poly1305 with one fixed key, as WireGuard uses it.
 
     The 96-bit nonce is 4 zero bytes followed by the little-endian 64-bit ``counter``.
+
+    An AEAD may also own its session's send counter (:attr:`owns_counter`): the native data
+    path's does, because its threads seal with the same session as Python, and a counter must
+    never be used twice. The session then reserves counters through :meth:`reserve`.
     """
+
+    #: Whether :meth:`reserve` and :attr:`counter` keep this session's send counter.
+    owns_counter: ClassVar[bool] = False
+
+    def reserve(self, count: int) -> int:
+        """Reserve ``count`` consecutive send counters; returns the first (owners only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep a send counter")
+
+    @property
+    def counter(self) -> int:
+        """The next send counter not yet reserved (owners only)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep a send counter")
 
     @abstractmethod
     def seal(self, counter: int, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:

@@ -24,11 +24,19 @@ Both data paths put the same bytes on the wire (differential tests in
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from tunplug._marker import hookimpl
 from tunplug.crypto import Aead, CryptoBackend
+
+if TYPE_CHECKING:
+    from tunplug.engine import EngineStats, Processor
+    from tunplug.pipeline import Pipeline
+    from tunplug.transport import UdpTransport
+    from tunplug.tun import Tun
+    from tunplug.wireguard import WireGuardDevice
+    from tunplug.wireguard.peer import ReplayCheck
 
 #: One TUN write the TUN backend hands to ``writev``: buffers (header first), packets in it,
 #: and their IP bytes.
@@ -76,6 +84,30 @@ class DataPath(ABC):
     def packet_ops(self) -> PacketOps | None:
         """The TUN offload functions, or ``None``: the backend's own (Python) ones."""
         return None
+
+    def replay_windows(self) -> Callable[[int], ReplayCheck] | None:
+        """What makes a session's replay window from its counter limit, or ``None``: the
+        reference :class:`~tunplug.wireguard.replay.ReplayWindow`."""
+        return None
+
+    def engine(
+        self, tun: Tun, transport: UdpTransport, device: WireGuardDevice, pipeline: Pipeline
+    ) -> TunnelRunner | None:
+        """An engine that carries this tunnel's traffic itself (the native data plane's threads),
+        or ``None``: the Python :class:`~tunplug.engine.TunnelEngine` drives the pieces above
+        batch by batch. Called once the device and socket are open."""
+        return None
+
+
+class TunnelRunner(Protocol):
+    """What the node needs of an engine (:class:`~tunplug.engine.TunnelEngine` is one)."""
+
+    processor: Processor
+    stats: EngineStats
+
+    async def run(self) -> None: ...
+
+    def wake_timers(self) -> None: ...
 
 
 class PythonDataPath(DataPath):

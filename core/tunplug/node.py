@@ -22,7 +22,7 @@ import anyio
 import anyio.abc
 
 from tunplug.app import App
-from tunplug.datapath import DataPath, PythonDataPath
+from tunplug.datapath import DataPath, PythonDataPath, TunnelRunner
 from tunplug.dns import DnsManager, DnsSettings
 from tunplug.engine import TunnelEngine
 from tunplug.events import TunnelInfo
@@ -98,6 +98,7 @@ def build_device(
         mtu=config.mtu or DEFAULT_MTU,
         reuse_send_buffer=True,
         transport_aead=lambda key: data_path.transport_aead(key, crypto),
+        replay_window=data_path.replay_windows(),
     )
     for peer in peer_configs(config):
         device.add_peer(peer)
@@ -240,7 +241,10 @@ class _Runner:
             peers=len(config.peers),
             peer_name=hooks.peer_name,
         )
-        engine = self.engine = TunnelEngine(tun, transport, self.device, app.pipeline(info))
+        pipeline = app.pipeline(info)
+        engine = self.engine = self.data_path.engine(
+            tun, transport, self.device, pipeline
+        ) or TunnelEngine(tun, transport, self.device, pipeline)
         error: BaseException | None = None
         ready = RunningInterface(
             tun.name,
@@ -348,7 +352,7 @@ class _Runner:
         old = self.config
         if new.private_key != old.private_key:
             # A new identity: a new device (sessions start over); the interface stays.
-            self.device = build_device(self.app, new)
+            self.device = build_device(self.app, new, self.data_path)
             self.engine.processor = self.device
         else:
             wanted = peer_configs(new)
@@ -416,7 +420,7 @@ class _Runner:
             await anyio.sleep(HANDSHAKE_LOG_INTERVAL)
 
 
-def _log_summary(device: WireGuardDevice, engine: TunnelEngine) -> None:
+def _log_summary(device: WireGuardDevice, engine: TunnelRunner) -> None:
     """One line per peer and one for drops, at shutdown: what an operator asks first."""
     for peer in device.peer_stats():
         log.info(

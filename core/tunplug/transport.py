@@ -153,6 +153,11 @@ class UdpTransport(DatagramTransport):
     def local_endpoint(self) -> Endpoint:
         return self._local
 
+    def fileno(self) -> int:
+        """The socket's descriptor, for a native data plane that receives on it in this
+        transport's place (it stays owned, and closed, by this transport)."""
+        return self._sock.fileno()
+
     def stats(self) -> UdpStats:
         """A snapshot of this transport's counters (and whether GSO and GRO are on)."""
         return replace(self._stats)

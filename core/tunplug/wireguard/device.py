@@ -26,6 +26,7 @@ import random as _random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 from tunplug.crypto import Aead, CryptoBackend
 from tunplug.tun import Packet
@@ -59,7 +60,14 @@ from tunplug.wireguard.noise import (
     open_initiation,
     tai64n,
 )
-from tunplug.wireguard.peer import Endpoint, Keypair, Peer, PeerConfig, PeerStats
+from tunplug.wireguard.peer import (
+    Endpoint,
+    Keypair,
+    Peer,
+    PeerConfig,
+    PeerStats,
+    ReplayCheck,
+)
 from tunplug.wireguard.routing import AllowedIPs
 from tunplug.wireguard.sessions import IndexTable
 from tunplug.wireguard.timers import INF, Timing
@@ -122,7 +130,13 @@ class WireGuardDevice:
 
     ``transport_aead`` makes the AEAD of each session direction from its key (default:
     ``crypto.aead``); the data path supplies it (:meth:`tunplug.datapath.DataPath.transport_aead`),
-    e.g. the native core's. Handshakes always use ``crypto``.
+    e.g. the native core's. Handshakes always use ``crypto``. ``replay_window(limit)`` makes a
+    session's replay window (default :class:`~tunplug.wireguard.replay.ReplayWindow`).
+
+    A native data plane that carries transport data beside the device keeps in step through
+    :meth:`take_changes` (which peers' sessions, endpoints or AllowedIPs changed),
+    :meth:`apply_activity` (what it sent and received, for the timers) and
+    :meth:`confirm_sessions`.
     """
 
     def __init__(
@@ -137,6 +151,7 @@ class WireGuardDevice:
         under_load_threshold: int = UNDER_LOAD_THRESHOLD,
         reuse_send_buffer: bool = False,
         transport_aead: Callable[[bytes], Aead] | None = None,
+        replay_window: Callable[[int], ReplayCheck] | None = None,
     ) -> None:
         if len(private_key) != 32:
             raise ValueError(f"private key must be 32 bytes, got {len(private_key)}")
@@ -144,6 +159,7 @@ class WireGuardDevice:
             raise ValueError(f"MTU must be at least 16, got {mtu}")
         self.crypto = crypto
         self._transport_aead = transport_aead or crypto.aead
+        self._replay_window = replay_window
         self.timing = timing
         self.mtu = mtu
         self._random = random
@@ -153,6 +169,12 @@ class WireGuardDevice:
         self.identity = Identity(crypto, private_key)
         self.public_key = self.identity.public
         self._peers: dict[bytes, Peer] = {}
+        self._peers_by_id: dict[int, Peer] = {}
+        self._next_peer_id = 1
+        #: Peers whose sessions, endpoint or AllowedIPs changed, and ids of removed peers,
+        #: since the last :meth:`take_changes`.
+        self._changed: set[Peer] = set()
+        self._removed: set[int] = set()
         self._routes: AllowedIPs[Peer] = AllowedIPs()
         self._indices = IndexTable(random)
         self._cookies = CookieChecker(crypto, self.public_key, random, timing.cookie_refresh_time)
@@ -172,8 +194,10 @@ class WireGuardDevice:
             raise ValueError("a peer cannot have the interface's own public key")
         peer = self._peers.get(config.public_key)
         if peer is None:
-            peer = Peer(config, self.identity, self.crypto, self.timing)
+            peer = Peer(config, self.identity, self.crypto, self.timing, self._next_peer_id)
+            self._next_peer_id += 1
             self._peers[config.public_key] = peer
+            self._peers_by_id[peer.id] = peer
         else:
             peer.config = config
             if config.endpoint is not None:
@@ -183,6 +207,7 @@ class WireGuardDevice:
             self._routes.remove_value(peer)
         for network in config.allowed_ips:
             self._routes.insert(network, peer)
+        self._changed.add(peer)
         if config.persistent_keepalive:
             # wireguard-go sends a keepalive as soon as the peer is up: due at the next tick.
             peer.timers.persistent_keepalive = float("-inf")
@@ -195,6 +220,9 @@ class WireGuardDevice:
         self._routes.remove_value(peer)
         self._indices.zero_and_flush(peer)
         peer.timers.stop_all()
+        del self._peers_by_id[peer.id]
+        self._changed.discard(peer)
+        self._removed.add(peer.id)
 
     def connect(self) -> None:
         """Start a handshake with every peer that has an endpoint, at the next :meth:`tick`.
@@ -311,13 +339,12 @@ class WireGuardDevice:
             self.drops["no-endpoint"] += len(packets)
             return
         timing = self.timing
-        start = keypair.send_counter
-        room = timing.reject_after_messages - start
+        start = keypair.reserve(len(packets))
+        room = max(timing.reject_after_messages - start, 0)
         if len(packets) > room:
             self._stage(peer, packets[room:])
             packets = packets[:room]
         count = len(packets)
-        keypair.send_counter = start + count
         mtu = self.mtu
         prefix = keypair.transport_prefix
         append = out.to_network.append
@@ -506,7 +533,9 @@ class WireGuardDevice:
         self, peer: Peer, endpoint: Endpoint, size: int, now: float
     ) -> None:
         """An authenticated handshake message arrived: follow its endpoint, count it."""
-        peer.endpoint = endpoint
+        if peer.endpoint != endpoint:
+            peer.endpoint = endpoint
+            self._changed.add(peer)
         peer.timers.any_authenticated_packet_traversal(now)
         peer.timers.any_authenticated_packet_received()
         peer.rx_bytes += size
@@ -639,7 +668,10 @@ class WireGuardDevice:
         if not authenticated:
             return
         assert last_endpoint is not None
-        peer.endpoint = last_endpoint if len(last_endpoint) == 2 else _normalise(last_endpoint)
+        endpoint = last_endpoint if len(last_endpoint) == 2 else _normalise(last_endpoint)
+        if endpoint != peer.endpoint:
+            peer.endpoint = endpoint
+            self._changed.add(peer)
         peer.rx_bytes += received_bytes
         self._keep_key_fresh_receiving(peer, now, out)
         timers = peer.timers
@@ -651,6 +683,7 @@ class WireGuardDevice:
     def _confirm_next_keypair(self, peer: Peer, keypair: Keypair, now: float, out: Output) -> None:
         """The initiator used the session we responded with: make it current and send."""
         self._indices.confirm_next(peer, keypair)
+        self._changed.add(peer)
         peer.timers.handshake_complete()
         peer.last_handshake = now
         self._send_staged(peer, now, out)
@@ -681,9 +714,15 @@ class WireGuardDevice:
             remote_index=handshake.remote_index,
             created=now,
             reject_after_messages=self.timing.reject_after_messages,
+            replay=(
+                self._replay_window(self.timing.reject_after_messages)
+                if self._replay_window
+                else None
+            ),
         )
         handshake.clear()
         self._indices.install(peer, keypair)
+        self._changed.add(peer)
 
     def _ephemeral(self) -> bytes:
         key = bytearray(self._random(32))
@@ -698,6 +737,77 @@ class WireGuardDevice:
         if maximum <= 0:
             return 0.0
         return self._jitter_source.random() * maximum
+
+    # -- a native data plane beside the device ----------------------------------------------
+    def take_changes(self) -> tuple[list[Peer], list[int]]:
+        """Peers whose sessions, endpoint or AllowedIPs changed since the last call, and the
+        ids of peers removed meanwhile: what a native data plane must update."""
+        changed, removed = list(self._changed), list(self._removed)
+        self._changed.clear()
+        self._removed.clear()
+        return changed, removed
+
+    def allowed_networks(self, peer: Peer) -> list[IPv4Network | IPv6Network]:
+        """``peer``'s AllowedIPs as the routing table holds them."""
+        return list(self._routes.networks(peer))
+
+    def apply_activity(
+        self,
+        peer_id: int,
+        sent: tuple[int, int, float],
+        received: tuple[int, int, int, float],
+        endpoint: Endpoint | None,
+        now: float,
+    ) -> Output:
+        """What a native data plane did for a peer since it was last asked: ``sent`` is (bytes,
+        data messages, when the last went), ``received`` (bytes, authenticated messages, data
+        packets among them, when the last came), ``endpoint`` where it came from. Runs the same
+        timer events and key-freshness checks as :meth:`encrypt` and :meth:`decrypt` do for the
+        traffic they carry, in the order the traffic happened."""
+        out = Output()
+        peer = self._peers_by_id.get(peer_id)
+        if peer is None:
+            return out
+        tx_bytes, tx_messages, tx_last = sent
+        rx_bytes, rx_messages, rx_data, rx_last = received
+        timers = peer.timers
+        events = sorted([(tx_last, 0)] * bool(tx_messages) + [(rx_last, 1)] * bool(rx_messages))
+        for when, kind in events:
+            timers.any_authenticated_packet_traversal(when)
+            if kind == 0:
+                peer.tx_bytes += tx_bytes
+                timers.any_authenticated_packet_sent()
+                if timers.new_handshake == INF:
+                    timers.data_sent(when, self._jitter())
+                keypair = peer.current
+                if keypair is not None and (
+                    keypair.send_counter > self.timing.rekey_after_messages
+                    or (
+                        keypair.is_initiator
+                        and now - keypair.created >= self.timing.rekey_after_time
+                    )
+                ):
+                    self._send_initiation(peer, now, out, retry=False)
+            else:
+                if endpoint is not None and endpoint != peer.endpoint:
+                    peer.endpoint = endpoint
+                    self._changed.add(peer)
+                peer.rx_bytes += rx_bytes
+                self._keep_key_fresh_receiving(peer, now, out)
+                timers.any_authenticated_packet_received()
+                if rx_data:
+                    timers.data_received(when, rx_data)
+        return out
+
+    def confirm_sessions(self, local_indices: Sequence[int], now: float) -> Output:
+        """A native data plane saw the first packets on these (``next``) sessions: promote them
+        as :meth:`decrypt` would have."""
+        out = Output()
+        for index in local_indices:
+            keypair = self._indices.get(index)
+            if type(keypair) is Keypair and keypair.peer.next is keypair:
+                self._confirm_next_keypair(keypair.peer, keypair, now, out)
+        return out
 
     # -- timers -----------------------------------------------------------------------------
     def next_deadline(self) -> float | None:
@@ -738,6 +848,7 @@ class WireGuardDevice:
             if timers.zero_key_material <= now:
                 timers.zero_key_material = INF
                 self._indices.zero_and_flush(peer)
+                self._changed.add(peer)
             if timers.persistent_keepalive <= now:
                 timers.persistent_keepalive = INF
                 if timers.persistent_keepalive_interval > 0:

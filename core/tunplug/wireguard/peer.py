@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
+from typing import Protocol
 
 from tunplug.crypto import Aead, CryptoBackend
 from tunplug.wireguard.constants import KEY_SIZE, MAX_STAGED_PACKETS
@@ -24,6 +25,13 @@ from tunplug.wireguard.timers import PeerTimers, Timing
 
 #: A UDP address as ``socket.recvfrom`` gives it for IPv4 (IPv6 4-tuples are cut to this).
 Endpoint = tuple[str, int]
+
+
+class ReplayCheck(Protocol):
+    """A replay window: :class:`ReplayWindow`, or the native data path's (shared with its
+    threads)."""
+
+    def check(self, counter: int) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,15 @@ class PeerStats:
 
 
 class Keypair:
-    """One transport session: two AEADs, the send counter and the replay window."""
+    """One transport session: two AEADs, the send counter and the replay window.
+
+    The send counter lives here, or in the send AEAD when it owns it (the native data path's,
+    shared with its threads); :meth:`reserve` hands out counters either way. ``replay`` is any
+    object with ``check(counter) -> bool`` (default: :class:`ReplayWindow`).
+    """
 
     __slots__ = (
+        "_send_counter",
         "created",
         "is_initiator",
         "local_index",
@@ -71,7 +85,6 @@ class Keypair:
         "remote_index",
         "replay",
         "send",
-        "send_counter",
         "transport_prefix",
     )
 
@@ -86,6 +99,7 @@ class Keypair:
         remote_index: int,
         created: float,
         reject_after_messages: int,
+        replay: ReplayCheck | None = None,
     ) -> None:
         self.peer = peer
         self.send = send
@@ -94,10 +108,23 @@ class Keypair:
         self.local_index = local_index
         self.remote_index = remote_index
         self.created = created
-        self.send_counter = 0
-        self.replay = ReplayWindow(limit=reject_after_messages)
+        self._send_counter = 0
+        self.replay = replay or ReplayWindow(limit=reject_after_messages)
         #: Type word and receiver index: the first 8 bytes of every transport message we send.
         self.transport_prefix = b"\x04\x00\x00\x00" + remote_index.to_bytes(4, "little")
+
+    @property
+    def send_counter(self) -> int:
+        """The next counter to send with (how many were reserved)."""
+        return self.send.counter if self.send.owns_counter else self._send_counter
+
+    def reserve(self, count: int) -> int:
+        """Reserve ``count`` consecutive send counters; returns the first."""
+        if self.send.owns_counter:
+            return self.send.reserve(count)
+        start = self._send_counter
+        self._send_counter = start + count
+        return start
 
 
 class Peer:
@@ -110,6 +137,7 @@ class Peer:
         "current",
         "endpoint",
         "handshake",
+        "id",
         "last_handshake",
         "last_sent_handshake",
         "next",
@@ -122,8 +150,15 @@ class Peer:
     )
 
     def __init__(
-        self, config: PeerConfig, identity: Identity, crypto: CryptoBackend, timing: Timing
+        self,
+        config: PeerConfig,
+        identity: Identity,
+        crypto: CryptoBackend,
+        timing: Timing,
+        peer_id: int = 0,
     ) -> None:
+        #: The device's number for this peer (a native data plane's name for it).
+        self.id = peer_id
         self.public_key = config.public_key
         self.config = config
         self.endpoint: Endpoint | None = config.endpoint

@@ -206,8 +206,32 @@ class LinuxMultiQueueTun(Tun):
                     daemon=True,  # never hold up interpreter exit; aclose joins them
                 )
                 self._threads.append(thread)
-        for thread in self._threads:
-            thread.start()
+        # Started at the first recv_many/send_ready/send, not here: a native data plane may take
+        # the descriptors over instead (take_descriptors), and then they never start.
+        self._threads_started = False
+        self._descriptors_taken = False
+
+    def _start_threads(self) -> None:
+        if not self._threads_started:
+            self._check_open()
+            if self._descriptors_taken:
+                raise TunError(f"{self.name}: the descriptors were handed to a native data plane")
+            self._threads_started = True
+            for thread in self._threads:
+                thread.start()
+
+    def take_descriptors(self) -> tuple[list[int], bool]:
+        """Hand the queue descriptors to a native data plane that reads and writes them itself:
+        the device's own threads never start. Returns the descriptors (one per queue, still
+        owned and closed by this device) and whether they carry vnet headers.
+
+        :raises TunError: the device's threads already run (it was used through the contract).
+        """
+        if self._threads_started:
+            raise TunError(f"{self.name}: already carrying packets through its own threads")
+        self._check_open()
+        self._descriptors_taken = True
+        return list(self._fds), self.offloads
 
     # -- the Tun contract ---------------------------------------------------------------
 
@@ -238,6 +262,7 @@ class LinuxMultiQueueTun(Tun):
             raise
 
     async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
+        self._start_threads()
         max_packets = self.batch_limit(max_packets)
         # A checkpoint even when packets are ready, so a busy device cannot starve the loop.
         await anyio.lowlevel.checkpoint()
@@ -246,6 +271,7 @@ class LinuxMultiQueueTun(Tun):
     async def send_ready(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._check_open()
+        self._start_threads()
         for outbound in self._outbound:
             await outbound.wait_room(self.batch_size, self._closed_error)
 
@@ -253,6 +279,7 @@ class LinuxMultiQueueTun(Tun):
         if len(packets) > self.batch_size:
             raise ValueError(f"at most {self.batch_size} packets per send, not {len(packets)}")
         self._check_open()
+        self._start_threads()
         if not packets:
             return
         # Copies of anything but bytes: the writers use the packets after send() returns,
@@ -560,7 +587,7 @@ class LinuxMultiQueueTun(Tun):
                 log.warning("%s (the kernel removes them with the device)", exc)
             self._routes.clear()
         stuck = []
-        for thread in self._threads:
+        for thread in self._threads if self._threads_started else ():
             thread.join(JOIN_TIMEOUT_SECONDS)
             if thread.is_alive():
                 stuck.append(thread.name)

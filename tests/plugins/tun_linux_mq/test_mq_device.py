@@ -31,6 +31,18 @@ def wait_until_gone(ns: NetNS, name: str, timeout: float = 5.0) -> bool:
 
 
 @pytest.mark.parametrize("queues", [1, 2])
+def test_a_device_whose_descriptors_a_native_plane_takes_starts_no_threads(netns, agent, queues):
+    proc = agent.start("hold", name="tp1", queues=queues, take_descriptors=True)
+    ready = agent.read_line(proc)
+    assert ready["taken"] == queues
+    assert ready["threads"] == []
+    agent.tell(proc, "close")
+    closed = agent.read_line(proc)
+    assert closed["link_exists"] is False
+    assert closed["errors"] == ["ClosedResource"] * 3
+
+
+@pytest.mark.parametrize("queues", [1, 2])
 def test_create_gives_an_up_multiqueue_device_that_vanishes_on_close(netns, agent, queues):
     proc = agent.start("hold", name="tp0", queues=queues, mtu=1380)
     ready = agent.read_line(proc)

@@ -111,6 +111,7 @@ async def test_recv_many_returns_at_most_max_packets_and_keeps_the_rest():
 async def test_batches_from_several_queues_are_merged_up_to_the_batch_size():
     preload = [numbered(3, start=10 * i) for i in range(4)]
     async with socket_device(queues=4, batch_size=64, preload=preload) as (tun, _):
+        await tun.send_ready()  # the first use of the device starts its threads
         # The counters move once a batch is queued for the event loop.
         await until(lambda: tun.stats()["rx_packets"] == 12)
         got = await tun.recv_many()
@@ -207,6 +208,8 @@ async def test_a_slow_consumer_makes_readers_block_instead_of_buffering():
 
 async def test_aclose_wakes_a_waiting_reader_and_stops_every_thread():
     async with socket_device(queues=2) as (tun, _):
+        assert tun_threads() == []  # until the device is first used
+        await tun.send_ready()
         assert tun_threads() == [
             "tun-sp0-q0-rx", "tun-sp0-q0-tx", "tun-sp0-q1-rx", "tun-sp0-q1-tx",
         ]  # fmt: skip

@@ -91,7 +91,19 @@ async def wait_for_test() -> str:
 async def hold(args: dict[str, Any]) -> None:
     """Create a device, report it, wait for the test, close it and report again."""
     tun = await LinuxMultiQueueTun.create(options(args))
-    emit(ready=True, name=tun.name, queues=tun.queues, mtu=tun.mtu, threads=tun_threads())
+    taken: list[int] = []
+    if args.get("take_descriptors"):
+        taken, _ = tun.take_descriptors()  # a native data plane's: the threads never start
+    else:
+        await tun.send_ready()  # the first use starts the queue threads
+    emit(
+        ready=True,
+        name=tun.name,
+        queues=tun.queues,
+        mtu=tun.mtu,
+        threads=tun_threads(),
+        taken=len(taken),
+    )
     await wait_for_test()
     await tun.aclose()
     await tun.aclose()  # idempotent
