@@ -16,10 +16,15 @@
 //! touches the interpreter.
 
 pub mod checksum;
+pub mod io;
 pub mod offload;
+pub mod plane;
+pub mod replay;
 pub mod transport;
 
 #[cfg(feature = "python")]
 mod py_offload;
+#[cfg(feature = "python")]
+mod py_plane;
 #[cfg(feature = "python")]
 mod python;

@@ -195,6 +195,11 @@ impl Packets {
         self.iter().map(<[u8]>::to_vec).collect()
     }
 
+    /// Append one packet.
+    pub fn push_packet(&mut self, packet: &[u8]) {
+        self.push(packet);
+    }
+
     fn push(&mut self, packet: &[u8]) {
         self.data.extend_from_slice(packet);
         self.ends.push(self.data.len());
@@ -519,8 +524,7 @@ fn tcp_layout(packet: &[u8]) -> Option<TcpLayout> {
             key.len = 12;
             key.bytes[..8].copy_from_slice(&packet[12..20]);
             key.bytes[8..12].copy_from_slice(&packet[l4..l4 + 4]);
-            let candidate =
-                l4 == 20 && packet[6] == 0x40 && usize::from(be16(packet, 2)) == length;
+            let candidate = l4 == 20 && packet[6] == 0x40 && usize::from(be16(packet, 2)) == length;
             (l4, candidate)
         }
         6 => {
@@ -537,10 +541,8 @@ fn tcp_layout(packet: &[u8]) -> Option<TcpLayout> {
         _ => return None,
     };
     let header_end = l4 + usize::from(packet[l4 + 12] >> 4) * 4;
-    let candidate = candidate
-        && l4 + 20 <= header_end
-        && header_end <= length
-        && packet[l4 + 13] & !PSH == ACK;
+    let candidate =
+        candidate && l4 + 20 <= header_end && header_end <= length && packet[l4 + 13] & !PSH == ACK;
     Some(TcpLayout {
         key,
         version,
@@ -671,8 +673,7 @@ pub fn coalesce<P: AsRef<[u8]>>(packets: &[P], verify_checksums: bool) -> Vec<Wr
             Entry::Single(index) => writes.push(Write::single(packets[index].as_ref())),
             Entry::Run(run) => {
                 let run = &runs[run];
-                if run.packets.len() == 1 || (verify_checksums && !checksums_valid(packets, run))
-                {
+                if run.packets.len() == 1 || (verify_checksums && !checksums_valid(packets, run)) {
                     writes.extend(
                         run.packets
                             .iter()
@@ -729,10 +730,9 @@ fn super_packet<P: AsRef<[u8]>>(packets: &[P], run: &Run) -> Write {
         put16(header, 4, (length - IPV6_HEADER_LEN) as u16);
     }
     header[l4 + 13] = last[l4 + 13]; // PSH, if any, belongs to the last segment
-    // CHECKSUM_PARTIAL: the field holds the (uncomplemented) pseudo-header sum over the whole
-    // super-packet; the kernel's segmentation adjusts it per segment.
-    let partial =
-        fold(sum(addresses(header, run.version)) + u64::from(TCP) + (length - l4) as u64);
+                                     // CHECKSUM_PARTIAL: the field holds the (uncomplemented) pseudo-header sum over the whole
+                                     // super-packet; the kernel's segmentation adjusts it per segment.
+    let partial = fold(sum(addresses(header, run.version)) + u64::from(TCP) + (length - l4) as u64);
     put16(header, l4 + TCP_CHECKSUM_OFFSET, partial);
     for &index in &run.packets {
         frame.extend_from_slice(&packets[index].as_ref()[header_end..]);
@@ -825,7 +825,9 @@ mod tests {
 
     fn ip_header(seg: &Segment, protocol: u8, l4_length: usize) -> Vec<u8> {
         if seg.v6 {
-            let mut header = (6u32 << 28 | u32::from(seg.tos) << 20).to_be_bytes().to_vec();
+            let mut header = (6u32 << 28 | u32::from(seg.tos) << 20)
+                .to_be_bytes()
+                .to_vec();
             header.extend_from_slice(&(l4_length as u16).to_be_bytes());
             header.extend_from_slice(&[protocol, seg.ttl]);
             header.extend_from_slice(&SRC6);
@@ -850,7 +852,7 @@ mod tests {
         l4.extend_from_slice(&5201u16.to_be_bytes());
         l4.extend_from_slice(&seg.seq.to_be_bytes());
         l4.extend_from_slice(&seg.ack.to_be_bytes());
-        l4.extend_from_slice(&[((20 + seg.options.len()) / 4 << 4) as u8, seg.flags]);
+        l4.extend_from_slice(&[(((20 + seg.options.len()) / 4) << 4) as u8, seg.flags]);
         l4.extend_from_slice(&seg.window.to_be_bytes());
         l4.extend_from_slice(&[0, 0, 0, 0]);
         l4.extend_from_slice(&seg.options);
@@ -941,7 +943,11 @@ mod tests {
     #[test]
     fn a_tso_super_packet_splits_into_valid_segments() {
         let payload = payload_bytes(5120);
-        for (v6, gso_type) in [(false, GSO_TCPV4), (true, GSO_TCPV6), (false, GSO_TCPV4 | GSO_ECN)] {
+        for (v6, gso_type) in [
+            (false, GSO_TCPV4),
+            (true, GSO_TCPV6),
+            (false, GSO_TCPV4 | GSO_ECN),
+        ] {
             let big = tcp(
                 &Segment {
                     v6,
@@ -956,7 +962,10 @@ mod tests {
             let l4 = l4_offset(&big);
             let sizes: Vec<usize> = segments.iter().map(|s| s.len() - l4 - 20).collect();
             assert_eq!(sizes, [1368, 1368, 1368, 1016]);
-            let joined: Vec<u8> = segments.iter().flat_map(|s| s[l4 + 20..].to_vec()).collect();
+            let joined: Vec<u8> = segments
+                .iter()
+                .flat_map(|s| s[l4 + 20..].to_vec())
+                .collect();
             assert_eq!(joined, payload);
             for (i, segment) in segments.iter().enumerate() {
                 assert!(ip_valid(segment) && l4_valid(segment), "segment {i}");
@@ -1108,11 +1117,7 @@ mod tests {
                 "empty packet".into(),
             ),
             (ipv5, Reason::MalformedGso, "IP version 5".into()),
-            (
-                late_l4,
-                Reason::MalformedGso,
-                "TCP header length".into(),
-            ),
+            (late_l4, Reason::MalformedGso, "TCP header length".into()),
             (
                 inside_ipv6,
                 Reason::MalformedGso,
@@ -1123,7 +1128,10 @@ mod tests {
             let mut out = Packets::new();
             out.push(b"earlier");
             let error = split(&frame, &mut out).unwrap_err();
-            assert_eq!((error.reason, error.detail.as_str()), (reason, detail.as_str()));
+            assert_eq!(
+                (error.reason, error.detail.as_str()),
+                (reason, detail.as_str())
+            );
             assert_eq!(out.to_vecs(), [b"earlier".to_vec()], "left as it was");
         }
         let error = split(&[0; 5], &mut Packets::new()).unwrap_err();
@@ -1150,7 +1158,11 @@ mod tests {
         let mut offset = 0u32;
         (0..count)
             .map(|i| {
-                let n = if i + 1 == count { last.unwrap_or(size) } else { size };
+                let n = if i + 1 == count {
+                    last.unwrap_or(size)
+                } else {
+                    size
+                };
                 let seq = seg.seq.wrapping_add(offset);
                 let chunk: Vec<u8> = (0..n as u32).map(|j| seq.wrapping_add(j) as u8).collect();
                 offset += n as u32;
@@ -1191,7 +1203,7 @@ mod tests {
                     flags: ACK | PSH,
                     ..seg.clone()
                 },
-                &packets[4][l4 + 20..].to_vec(),
+                &packets[4][l4 + 20..],
             );
             let writes = coalesce(&packets, false);
             assert_eq!(writes.len(), 1);
@@ -1217,31 +1229,33 @@ mod tests {
             assert_eq!(big[l4 + 13], ACK | PSH);
             let partial = word_sum(&pseudo(v6, TCP, big.len() - l4));
             assert_eq!(be16(big, l4 + 16), partial);
-            // The kernel's segmentation gives the segments back (IPv4 ids: from the first).
-            let mut expected_packets = packets.clone();
-            if !v6 {
-                expected_packets[4] = tcp(
-                    &Segment {
-                        seq: 5000,
-                        ident: 11,
-                        flags: ACK | PSH,
-                        ..seg.clone()
-                    },
-                    &packets[4][l4 + 20..].to_vec(),
-                );
-                expected_packets[4][4..6].copy_from_slice(&11u16.to_be_bytes());
-            }
-            let back = split_vecs(&write.frame).unwrap();
-            assert!(back.iter().all(|p| ip_valid(p) && l4_valid(p)));
-            assert_eq!(back[..4], packets[..4]);
-            assert_eq!(back[4][l4..], packets[4][l4..]);
+            // The kernel's segmentation gives the segments back (their IPv4 ids are
+            // consecutive, as the kernel numbers them).
+            assert_eq!(split_vecs(&write.frame).unwrap(), packets);
         }
     }
 
     #[test]
     fn a_batch_of_several_flows_and_other_packets_keeps_each_flow_in_order() {
-        let a = stream(4, 1000, None, &Segment { sport: 1, ..Segment::default() });
-        let b = stream(3, 1000, None, &Segment { sport: 2, seq: 77777, ..Segment::default() });
+        let a = stream(
+            4,
+            1000,
+            None,
+            &Segment {
+                sport: 1,
+                ..Segment::default()
+            },
+        );
+        let b = stream(
+            3,
+            1000,
+            None,
+            &Segment {
+                sport: 2,
+                seq: 77777,
+                ..Segment::default()
+            },
+        );
         let ping = udp(false, b"ping");
         let batch = [&a[0], &b[0], &ping, &a[1], &b[1], &a[2], &a[3], &b[2]];
         let writes = coalesce(&batch, false);
@@ -1254,27 +1268,148 @@ mod tests {
     fn packets_that_must_not_be_merged_stay_separate_and_in_order() {
         let base = stream(3, 1000, None, &Segment::default());
         let payload = base[1][40..].to_vec();
-        let next = |changes: Segment| tcp(&Segment { seq: 2000, ..changes }, &payload);
+        let next = |changes: Segment| {
+            tcp(
+                &Segment {
+                    seq: 2000,
+                    ..changes
+                },
+                &payload,
+            )
+        };
         let d = Segment::default;
         let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
-            ("different flow", vec![base[0].clone(), next(Segment { sport: 1, ..d() }), base[2].clone()]),
-            ("gap in seq", vec![base[0].clone(), tcp(&Segment { seq: 2001, ..d() }, &payload), base[2].clone()]),
-            ("different ack", vec![base[0].clone(), next(Segment { ack: 556, ..d() }), base[2].clone()]),
-            ("different window", vec![base[0].clone(), next(Segment { window: 9, ..d() }), base[2].clone()]),
-            ("different ttl", vec![base[0].clone(), next(Segment { ttl: 3, ..d() }), base[2].clone()]),
-            ("different tos", vec![base[0].clone(), next(Segment { tos: 1, ..d() }), base[2].clone()]),
-            ("no DF", vec![base[0].clone(), next(Segment { df: false, ..d() }), base[2].clone()]),
-            ("IP options", vec![base[0].clone(), next(Segment { ip_options: vec![1, 1, 1, 0], ..d() }), base[2].clone()]),
-            ("bigger after smaller", vec![base[0].clone(), tcp(&Segment { seq: 2000, ..d() }, &[payload.as_slice(), b"x"].concat()), base[2].clone()]),
-            ("FIN", vec![base[0].clone(), next(Segment { flags: ACK | FIN, ..d() })]),
-            ("SYN", vec![tcp(&Segment { seq: 999, flags: SYN, ..d() }, &payload), base[0].clone()]),
-            ("pure ACK", vec![base[0].clone(), tcp(&Segment { seq: 2000, ..d() }, &[]), base[1].clone()]),
-            ("TCP options differ", vec![base[0].clone(), next(Segment { options: vec![1; 4], ..d() }), base[2].clone()]),
+            (
+                "different flow",
+                vec![
+                    base[0].clone(),
+                    next(Segment { sport: 1, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "gap in seq",
+                vec![
+                    base[0].clone(),
+                    tcp(&Segment { seq: 2001, ..d() }, &payload),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "different ack",
+                vec![
+                    base[0].clone(),
+                    next(Segment { ack: 556, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "different window",
+                vec![
+                    base[0].clone(),
+                    next(Segment { window: 9, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "different ttl",
+                vec![
+                    base[0].clone(),
+                    next(Segment { ttl: 3, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "different tos",
+                vec![
+                    base[0].clone(),
+                    next(Segment { tos: 1, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "no DF",
+                vec![
+                    base[0].clone(),
+                    next(Segment { df: false, ..d() }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "IP options",
+                vec![
+                    base[0].clone(),
+                    next(Segment {
+                        ip_options: vec![1, 1, 1, 0],
+                        ..d()
+                    }),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "bigger after smaller",
+                vec![
+                    base[0].clone(),
+                    tcp(
+                        &Segment { seq: 2000, ..d() },
+                        &[payload.as_slice(), b"x"].concat(),
+                    ),
+                    base[2].clone(),
+                ],
+            ),
+            (
+                "FIN",
+                vec![
+                    base[0].clone(),
+                    next(Segment {
+                        flags: ACK | FIN,
+                        ..d()
+                    }),
+                ],
+            ),
+            (
+                "SYN",
+                vec![
+                    tcp(
+                        &Segment {
+                            seq: 999,
+                            flags: SYN,
+                            ..d()
+                        },
+                        &payload,
+                    ),
+                    base[0].clone(),
+                ],
+            ),
+            (
+                "pure ACK",
+                vec![
+                    base[0].clone(),
+                    tcp(&Segment { seq: 2000, ..d() }, &[]),
+                    base[1].clone(),
+                ],
+            ),
+            (
+                "TCP options differ",
+                vec![
+                    base[0].clone(),
+                    next(Segment {
+                        options: vec![1; 4],
+                        ..d()
+                    }),
+                    base[2].clone(),
+                ],
+            ),
         ];
         for (case, batch) in cases {
             let writes = coalesce(&batch, false);
             assert!(writes.iter().all(|w| w.count == 1), "{case}");
-            assert!(writes.iter().all(|w| w.frame[..VNET_HDR_LEN] == ZERO_VNET_HDR), "{case}");
+            assert!(
+                writes
+                    .iter()
+                    .all(|w| w.frame[..VNET_HDR_LEN] == ZERO_VNET_HDR),
+                "{case}"
+            );
             assert_eq!(unwrapped(&writes), batch, "{case}");
         }
     }
@@ -1282,13 +1417,29 @@ mod tests {
     #[test]
     fn a_shorter_segment_or_psh_ends_a_run() {
         let first = stream(3, 1000, Some(500), &Segment::default());
-        let second = stream(2, 1000, None, &Segment { seq: 3500, ..Segment::default() });
+        let second = stream(
+            2,
+            1000,
+            None,
+            &Segment {
+                seq: 3500,
+                ..Segment::default()
+            },
+        );
         let batch = [first.clone(), second.clone()].concat();
         assert_eq!(counts(&coalesce(&batch, false)), [3, 2]);
         assert_eq!(unwrapped(&coalesce(&batch, false)), batch);
 
         let base = stream(3, 1000, None, &Segment::default());
-        let pushed = tcp(&Segment { seq: 2000, ident: 8, flags: ACK | PSH, ..Segment::default() }, &base[1][40..]);
+        let pushed = tcp(
+            &Segment {
+                seq: 2000,
+                ident: 8,
+                flags: ACK | PSH,
+                ..Segment::default()
+            },
+            &base[1][40..],
+        );
         let batch = [base[0].clone(), pushed, base[2].clone()];
         assert_eq!(counts(&coalesce(&batch, false)), [2, 1]);
         assert_eq!(unwrapped(&coalesce(&batch, false)), batch);
@@ -1297,17 +1448,39 @@ mod tests {
     #[test]
     fn bad_checksums_keep_a_run_apart_only_when_verified() {
         let mut packets = stream(3, 1000, None, &Segment::default());
-        packets[1] = tcp(&Segment { seq: 2000, ident: 8, bad_checksum: true, ..Segment::default() }, &packets[1][40..].to_vec());
+        packets[1] = tcp(
+            &Segment {
+                seq: 2000,
+                ident: 8,
+                bad_checksum: true,
+                ..Segment::default()
+            },
+            &packets[1][40..],
+        );
         let writes = coalesce(&packets, true);
         assert_eq!(counts(&writes), [1, 1, 1]);
         let frames: Vec<Vec<u8>> = writes.into_iter().map(|w| w.frame).collect();
-        let expected: Vec<Vec<u8>> = packets.iter().map(|p| [&ZERO_VNET_HDR[..], p].concat()).collect();
+        let expected: Vec<Vec<u8>> = packets
+            .iter()
+            .map(|p| [&ZERO_VNET_HDR[..], p].concat())
+            .collect();
         assert_eq!(frames, expected);
         let mut bad_ip = stream(3, 1000, None, &Segment::default())[1].clone();
         bad_ip[10] ^= 0xFF;
-        assert_eq!(counts(&coalesce(&[packets[0].clone(), bad_ip], true)), [1, 1]);
+        assert_eq!(
+            counts(&coalesce(&[packets[0].clone(), bad_ip], true)),
+            [1, 1]
+        );
         assert_eq!(counts(&coalesce(&packets, false)), [3]);
-        let good = stream(3, 1000, None, &Segment { v6: true, ..Segment::default() });
+        let good = stream(
+            3,
+            1000,
+            None,
+            &Segment {
+                v6: true,
+                ..Segment::default()
+            },
+        );
         assert_eq!(counts(&coalesce(&good, true)), [3]);
     }
 
@@ -1320,7 +1493,15 @@ mod tests {
         assert_eq!(counts(&coalesce(&big, false)), [46, 14]);
         assert_eq!(unwrapped(&coalesce(&big, false)), big);
         // IPv6 counts the payload length: 20 + 46 * 1400 <= 65535 as well.
-        let big6 = stream(60, 1400, None, &Segment { v6: true, ..Segment::default() });
+        let big6 = stream(
+            60,
+            1400,
+            None,
+            &Segment {
+                v6: true,
+                ..Segment::default()
+            },
+        );
         assert_eq!(counts(&coalesce(&big6, false)), [46, 14]);
     }
 
@@ -1328,7 +1509,13 @@ mod tests {
     fn non_tcp_and_odd_packets_get_a_zero_header() {
         let mut v6_short = vec![0x60];
         v6_short.extend_from_slice(&[0; 10]);
-        let batch = [udp(false, b"a"), v6_short, Vec::new(), vec![0; 60], udp(true, b"b")];
+        let batch = [
+            udp(false, b"a"),
+            v6_short,
+            Vec::new(),
+            vec![0; 60],
+            udp(true, b"b"),
+        ];
         let writes = coalesce(&batch, false);
         for (write, packet) in writes.iter().zip(&batch) {
             assert_eq!(write.frame, [&ZERO_VNET_HDR[..], packet].concat());
@@ -1388,11 +1575,14 @@ mod tests {
             let writes = coalesce(&packets, verify);
             prop_assert_eq!(writes.iter().map(|w| w.count).sum::<usize>(), packets.len());
             for write in &writes {
-                prop_assert_eq!(write.size + write.count * 0, split_vecs(&write.frame).unwrap().iter().map(Vec::len).sum::<usize>());
-                prop_assert!(write.frame.len() <= VNET_HDR_LEN + 0xFFFF + 40);
+                let sizes = split_vecs(&write.frame).unwrap().iter().map(Vec::len).sum::<usize>();
+                prop_assert_eq!(write.size, sizes);
+                prop_assert!(write.count <= MAX_COALESCED_SEGMENTS);
+                prop_assert!(write.frame.len() <= VNET_HDR_LEN + 40 + MAX_IP_LENGTH);
             }
-            let segments = writes.len();
-            prop_assert!(segments <= packets.len().div_ceil(MAX_COALESCED_SEGMENTS).max(1) + packets.len() / 44 + 1);
+            if packets.len() <= MAX_COALESCED_SEGMENTS && packets.iter().map(Vec::len).sum::<usize>() < 30_000 {
+                prop_assert_eq!(writes.len(), 1, "one flow in order: one write");
+            }
             prop_assert_eq!(unwrapped(&writes), packets);
         }
 

@@ -8,5 +8,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     crate::transport::python::register(m)?;
     crate::py_offload::register(m)?;
+    crate::py_plane::register(m)?;
     Ok(())
 }

@@ -83,6 +83,19 @@ impl TransportKey {
         Ok(buffer)
     }
 
+    /// Open in place: `buffer` holds ciphertext and tag; on success the plaintext is its first
+    /// returned-length bytes.
+    pub fn open_in_place(
+        &self,
+        counter: u64,
+        buffer: &mut [u8],
+    ) -> Result<usize, DecryptionFailed> {
+        self.key
+            .open_in_place(nonce(counter), Aad::empty(), buffer)
+            .map(|plain| plain.len())
+            .map_err(|_| DecryptionFailed)
+    }
+
     /// Seal in place: `region` holds the plaintext followed by `TAG_LEN` spare bytes.
     fn seal_region(&self, counter: u64, region: &mut [u8]) {
         let (plain, tag_room) = region.split_at_mut(region.len() - TAG_LEN);
@@ -148,6 +161,9 @@ impl TransportKey {
 pub mod python {
     //! `TransportKey` for Python: the AEAD of one session direction.
 
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
     use pyo3::create_exception;
     use pyo3::exceptions::PyValueError;
     use pyo3::prelude::*;
@@ -169,10 +185,12 @@ pub mod python {
         buffer.to_vec(object.py())
     }
 
-    /// A ChaCha20-Poly1305 key of one direction of a WireGuard session.
+    /// A ChaCha20-Poly1305 key of one direction of a WireGuard session, and (for the send
+    /// direction) the session's counter, shared with the native data plane's workers.
     #[pyclass(frozen, module = "tunplug_fastpath._native")]
     pub struct TransportKey {
-        inner: super::TransportKey,
+        pub(crate) inner: Arc<super::TransportKey>,
+        pub(crate) counter: Arc<AtomicU64>,
     }
 
     #[pymethods]
@@ -180,10 +198,25 @@ pub mod python {
         #[new]
         fn new(key: &[u8]) -> PyResult<Self> {
             super::TransportKey::new(key)
-                .map(|inner| Self { inner })
+                .map(|inner| Self {
+                    inner: Arc::new(inner),
+                    counter: Arc::new(AtomicU64::new(0)),
+                })
                 .ok_or_else(|| {
                     PyValueError::new_err(format!("key must be 32 bytes, got {}", key.len()))
                 })
+        }
+
+        /// Reserve `count` consecutive send counters; returns the first. One atomic step, so
+        /// Python and the plane's workers never hand out a counter twice.
+        fn reserve(&self, count: u64) -> u64 {
+            self.counter.fetch_add(count, Ordering::Relaxed)
+        }
+
+        /// The next send counter (how many were reserved so far).
+        #[getter]
+        fn counter(&self) -> u64 {
+            self.counter.load(Ordering::Relaxed)
         }
 
         /// Ciphertext and tag of `plaintext` under nonce `counter` with `aad`.

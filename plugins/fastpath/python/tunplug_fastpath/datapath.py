@@ -14,10 +14,21 @@ hold up the event loop sealing the previous batch.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tunplug.crypto import Aead, CryptoBackend, DecryptionFailed
-from tunplug.datapath import DataPath, PacketOps, Write
+from tunplug.datapath import DataPath, PacketOps, TunnelRunner, Write
+
+if TYPE_CHECKING:
+    from tunplug.pipeline import Pipeline
+    from tunplug.transport import UdpTransport
+    from tunplug.tun import Tun
+    from tunplug.wireguard import WireGuardDevice
+    from tunplug.wireguard.peer import ReplayCheck
+
+log = logging.getLogger(__name__)
 
 try:
     from tunplug_fastpath import _native
@@ -29,19 +40,30 @@ else:
 
 
 class NativeAead(Aead):
-    """One session direction's ChaCha20-Poly1305, in Rust."""
+    """One session direction's ChaCha20-Poly1305, in Rust, with the session's send counter
+    (shared with the native plane's threads: :meth:`reserve` is one atomic step)."""
 
-    __slots__ = ("_key",)
+    __slots__ = ("key",)
+
+    owns_counter = True
 
     def __init__(self, key: bytes) -> None:
-        self._key = _native.TransportKey(key)
+        #: The native key object the plane seals and opens with.
+        self.key = _native.TransportKey(key)
+
+    def reserve(self, count: int) -> int:
+        return self.key.reserve(count)
+
+    @property
+    def counter(self) -> int:
+        return self.key.counter
 
     def seal(self, counter: int, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:
-        return self._key.seal(counter, plaintext, aad)
+        return self.key.seal(counter, plaintext, aad)
 
     def open(self, counter: int, ciphertext: bytes | memoryview, aad: bytes = b"") -> bytes:
         try:
-            return self._key.open(counter, ciphertext, aad)
+            return self.key.open(counter, ciphertext, aad)
         except _native.DecryptionFailed:
             raise DecryptionFailed("ChaCha20-Poly1305 tag did not verify") from None
 
@@ -57,7 +79,7 @@ class NativeAead(Aead):
         # caller's memory, so views behave as the reference's do (valid until the caller
         # reuses that memory).
         receiver = int.from_bytes(header[4:8], "little")
-        buffer, lengths = self._key.seal_transport(receiver, first_counter, list(packets), mtu)
+        buffer, lengths = self.key.seal_transport(receiver, first_counter, list(packets), mtu)
         memory = take(len(buffer))
         memory[:] = buffer
         views = []
@@ -70,7 +92,7 @@ class NativeAead(Aead):
     def open_many(
         self, counters: Sequence[int], ciphertexts: Sequence[bytes | memoryview]
     ) -> list[bytes | None]:
-        return self._key.open_many(list(counters), list(ciphertexts))
+        return self.key.open_many(list(counters), list(ciphertexts))
 
 
 class NativePacketOps:
@@ -106,3 +128,21 @@ class NativeDataPath(DataPath):
 
     def packet_ops(self) -> PacketOps | None:
         return NativePacketOps()
+
+    def replay_windows(self) -> Callable[[int], ReplayCheck] | None:
+        return _replay_window
+
+    def engine(
+        self, tun: Tun, transport: UdpTransport, device: WireGuardDevice, pipeline: Pipeline
+    ) -> TunnelRunner | None:
+        from tunplug_fastpath.engine import NativeEngine
+
+        reason = NativeEngine.unsupported_reason(tun, transport, pipeline)
+        if reason:
+            log.info("native data path: per-batch calls from the Python engine (%s)", reason)
+            return None
+        return NativeEngine(tun, transport, device)
+
+
+def _replay_window(limit: int) -> ReplayCheck:
+    return _native.ReplayWindow(limit=limit)
