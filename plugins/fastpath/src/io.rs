@@ -790,10 +790,8 @@ mod tests {
 
     fn connect(fd: &OwnedFd, addr: &SockAddr) {
         // SAFETY: `addr` holds a socket address of `addr.len` bytes, only read.
-        assert_eq!(
-            unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len) },
-            0
-        );
+        let result = unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len) };
+        assert_eq!(result, 0, "connect: {}", io::Error::last_os_error());
     }
 
     fn local(fd: &OwnedFd) -> SocketAddr {
@@ -1009,18 +1007,37 @@ mod tests {
             let mut out = Datagrams::default();
             let mut counters = UdpCounters::default();
             // A receive skips the error...
-            sender.send_segments(&dest, &buf, 1200, &mut counters).unwrap();
-            assert_ne!(poll_readable(&[sender.fd()], 1000).unwrap(), 0, "POLLERR counts as readable");
-            assert_eq!(sender.recv_into(&mut scratch, &mut out, 10, &mut counters).unwrap(), 0);
+            sender
+                .send_segments(&dest, &buf, 1200, &mut counters)
+                .unwrap();
+            assert_ne!(
+                poll_readable(&[sender.fd()], 1000).unwrap(),
+                0,
+                "POLLERR counts as readable"
+            );
+            assert_eq!(
+                sender
+                    .recv_into(&mut scratch, &mut out, 10, &mut counters)
+                    .unwrap(),
+                0
+            );
             assert_eq!(counters.unreachable_reports, 1);
             // ...a send counts the datagrams it could not send, then goes on.
-            sender.send_segments(&dest, &buf, 1200, &mut counters).unwrap();
+            sender
+                .send_segments(&dest, &buf, 1200, &mut counters)
+                .unwrap();
             assert_ne!(poll_readable(&[sender.fd()], 1000).unwrap(), 0);
-            sender.send_segments(&dest, &buf, 1200, &mut counters).unwrap();
+            sender
+                .send_segments(&dest, &buf, 1200, &mut counters)
+                .unwrap();
             assert_eq!(counters.unreachable_drops, count as u64, "{counters:?}");
             assert_eq!(counters.datagrams_sent, 2 * count as u64, "{counters:?}");
             assert_eq!(counters.gso_sends, if gso { 2 } else { 0 });
-            assert_eq!(sender.gso_enabled(), gso, "an unreachable peer is no GSO refusal");
+            assert_eq!(
+                sender.gso_enabled(),
+                gso,
+                "an unreachable peer is no GSO refusal"
+            );
         }
     }
 

@@ -303,33 +303,7 @@ class NativeEngine:
         for peer_id in removed:
             self.plane.remove_peer(peer_id)
         for peer in changed:
-            self._push(device, peer)
-
-    def _push(self, device: WireGuardDevice, peer: Peer) -> None:
-        timing = device.timing
-
-        def send_spec(keypair: Keypair | None) -> _SendSpec | None:
-            if keypair is None or not isinstance(keypair.send, NativeAead):
-                return None
-            expires = keypair.created + timing.reject_after_time
-            return (keypair.send.key, keypair.remote_index, expires, timing.reject_after_messages)
-
-        receivers = [
-            (
-                keypair.local_index,
-                keypair.receive.key,
-                cast(_native.ReplayWindow, keypair.replay),  # the data path's replay_windows
-                keypair.created + timing.reject_after_time,
-                send_spec(keypair) if keypair is peer.next else None,
-            )
-            for keypair in peer.keypairs()
-            if isinstance(keypair.receive, NativeAead)
-        ]
-        networks = [
-            (network.network_address.packed, network.prefixlen)
-            for network in device.allowed_networks(peer)
-        ]
-        self.plane.update_peer(peer.id, peer.endpoint, networks, send_spec(peer.current), receivers)
+            push_peer(self.plane, device, peer)
 
     def _collect_stats(self, workers: Sequence[Any]) -> None:
         stats = self.stats
@@ -339,6 +313,36 @@ class NativeEngine:
             stats.datagrams_sent += numbers.get("datagrams_sent", 0)
             stats.datagrams_received += numbers.get("datagrams_received", 0)
             self._worker_stats.append(numbers)
+
+
+def push_peer(plane: _native.Plane, device: WireGuardDevice, peer: Peer) -> None:
+    """Tell ``plane`` everything about ``peer``: endpoint, AllowedIPs, the session to send with
+    (current) and the sessions to receive on (current, previous, next; a ``next`` one carries
+    the send side its first packet confirms)."""
+    timing = device.timing
+
+    def send_spec(keypair: Keypair | None) -> _SendSpec | None:
+        if keypair is None or not isinstance(keypair.send, NativeAead):
+            return None
+        expires = keypair.created + timing.reject_after_time
+        return (keypair.send.key, keypair.remote_index, expires, timing.reject_after_messages)
+
+    receivers = [
+        (
+            keypair.local_index,
+            keypair.receive.key,
+            cast(_native.ReplayWindow, keypair.replay),  # the data path's replay_windows
+            keypair.created + timing.reject_after_time,
+            send_spec(keypair) if keypair is peer.next else None,
+        )
+        for keypair in peer.keypairs()
+        if isinstance(keypair.receive, NativeAead)
+    ]
+    networks = [
+        (network.network_address.packed, network.prefixlen)
+        for network in device.allowed_networks(peer)
+    ]
+    plane.update_peer(peer.id, peer.endpoint, networks, send_spec(peer.current), receivers)
 
 
 def _join(threads: Sequence[threading.Thread]) -> None:
