@@ -623,6 +623,34 @@ impl Inbound {
                 self.packets.push_packet(packet);
             }
         }
+        // Roaming: the peer's endpoint follows its last authenticated message at once (Python
+        // learns it with the activity), so replies go to where the peer is now.
+        let is_v6 = plane.udp.is_v6();
+        let moved: Vec<(PeerId, SockAddr)> = {
+            let tables = plane
+                .tables
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            activity
+                .iter()
+                .filter_map(|(peer, entry)| {
+                    let address = SockAddr::new(entry.endpoint?, is_v6);
+                    let state = tables.peers.get(peer)?;
+                    (state.endpoint != Some(address)).then_some((*peer, address))
+                })
+                .collect()
+        };
+        if !moved.is_empty() {
+            let mut tables = plane
+                .tables
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (peer, address) in moved {
+                if let Some(state) = tables.peers.get_mut(&peer) {
+                    state.endpoint = Some(address);
+                }
+            }
+        }
         if !confirmed.is_empty() {
             {
                 let mut guard = plane

@@ -95,6 +95,8 @@ fn counters_dict(counters: &UdpCounters) -> HashMap<&'static str, u64> {
         ("datagrams_received", counters.datagrams_received),
         ("unreachable_drops", counters.unreachable_drops),
         ("gso_fallbacks", counters.gso_fallbacks),
+        ("unreachable_reports", counters.unreachable_reports),
+        ("truncated_drops", counters.truncated_drops),
     ])
 }
 
