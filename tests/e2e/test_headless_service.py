@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -378,6 +379,19 @@ def client_program_for(uid: int) -> tuple[str, ...]:
     return (str(system), "-S", "-c", bootstrap)
 
 
+def tun_node_for_everyone(tmp_path: Path) -> tuple[str, ...]:
+    """A wrapper that gives the client a /dev/net/tun any user may open (mode 0666, as Debian
+    ships it), in a private mount namespace, where the host's node is root-only (some
+    containers); nothing changes outside that namespace. Empty where it already is 0666."""
+    if os.stat("/dev/net/tun").st_mode & 0o006 == 0o006:
+        return ()
+    node = tmp_path / "tun"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(10, 200))
+    node.chmod(0o666)
+    return ("unshare", "-m", "--propagation", "private", "sh", "-c",
+            f"mount --bind {node} /dev/net/tun && exec \"$@\"", "sh")  # fmt: skip
+
+
 def test_runs_unprivileged_with_only_cap_net_admin(server, open_tmp):
     nobody = 65534
     tmp_path = open_tmp
@@ -405,7 +419,7 @@ def test_runs_unprivileged_with_only_cap_net_admin(server, open_tmp):
     assert denied.returncode == 1
     assert "CAP_NET_ADMIN is missing" in denied.stderr
 
-    client.start(*args, wrapper=(*as_nobody, *caps))
+    client.start(*args, wrapper=(*tun_node_for_everyone(tmp_path), *as_nobody, *caps))
     status = client.ns.run("sh", "-c", f"grep -E '^(Uid|CapEff)' /proc/{_child_pid(client)}/status")
     assert f"Uid:\t{nobody}" in status.stdout
     assert server.ping("a", TUNNEL["b"][0]).returncode == 0
