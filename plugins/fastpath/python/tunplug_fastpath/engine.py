@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 
 from tunplug.engine import EngineStats, Processor
-from tunplug.exceptions import TunError
+from tunplug.exceptions import map_os_errors
 from tunplug.transport import Datagram, UdpTransport
 from tunplug.wireguard import WireGuardDevice
 from tunplug_fastpath import _native
@@ -108,6 +108,8 @@ class NativeEngine:
         self._inbox_ready: asyncio.Event | None = None
         self._timer_wakeup = anyio.Event()
         self._worker_stats: list[dict[str, int]] = []
+        #: Packets the socket thread wrote to the device (only that thread adds to it).
+        self._delivered = 0
         self._sync()
         log.info(
             "native data plane on %s: %d queue thread(s) and a socket thread, TUN offloads %s, "
@@ -189,10 +191,11 @@ class NativeEngine:
         stop = self._stop
         while not stop.is_set():
             try:
-                control, _delivered, confirmed = worker.run_once(POLL_MS)
+                control, delivered, confirmed = worker.run_once(POLL_MS)
             except OSError as exc:
                 self._post(loop, "failed", exc, force=True)
                 return
+            self._delivered += delivered
             if confirmed:
                 # The responder may send on the session now: hand the device the news at once.
                 self._post(loop, "confirmed", None, force=True)
@@ -232,10 +235,8 @@ class NativeEngine:
     async def _handle(self, kind: str, item: Any) -> None:
         device, now = self._device, self.clock()
         if kind == "packets":
-            self.stats.tun_packets_read += len(item)
             await self._emit(device.encrypt(item, now).to_network)
         elif kind == "datagrams":
-            self.stats.datagrams_received += len(item)
             output = device.decrypt(item, now)
             await self._emit(output.to_network)
             if output.to_tun:
@@ -244,7 +245,10 @@ class NativeEngine:
         elif kind == "confirmed":
             await self._emit(device.confirm_sessions(self.plane.take_confirmed(), now).to_network)
         else:
-            raise TunError(f"native data plane on {self.tun.name}: {item}") from item
+            # A descriptor failed in a thread (e.g. the interface was deleted): end the run
+            # with tunplug's exception for it, errno kept.
+            with map_os_errors(f"carry packets on {self.tun.name} (native data plane)"):
+                raise item
         self._sync()
         self.wake_timers()
 
@@ -307,6 +311,7 @@ class NativeEngine:
 
     def _collect_stats(self, workers: Sequence[Any]) -> None:
         stats = self.stats
+        stats.tun_packets_written += self._delivered
         for worker in workers:
             numbers = worker.stats()
             stats.tun_packets_read += numbers.get("tun_packets", 0)
