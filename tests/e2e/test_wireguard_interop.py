@@ -6,6 +6,8 @@ sends traffic only between the namespaces' own addresses. Root only; in CI a ski
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import shutil
 import time
@@ -140,3 +142,19 @@ def test_endpoint_roaming_is_followed(kind_a, kind_b, mover):
         assert_pings(topo, "b" if mover == "a" else "a", moving.tunnel_v4)
         if isinstance(staying, WireguardGoEndpoint):
             assert staying.peer_endpoint() == new_endpoint
+
+
+def test_the_tunnel_runs_on_the_data_path_it_was_given():
+    """CI runs this suite twice: with the native core installed (auto: the native engine's
+    threads carry the traffic) and with TUNPLUG_DATA_PATH=python. Each run must really use the
+    path it claims, or the two passes would test one path twice."""
+    chosen = os.environ.get("TUNPLUG_DATA_PATH", "auto")
+    native = importlib.util.find_spec("tunplug_fastpath") is not None
+    expected = "native" if chosen == "native" or (chosen == "auto" and native) else "python"
+    with topology("tunplug", "tunplug") as topo:
+        topo.connect(initiator="a")
+        assert_pings(topo, "a", topo.b.tunnel_v4)
+        for side in (topo.a, topo.b):
+            log = side.log()  # type: ignore[attr-defined]
+            assert f"up: {expected} data path" in log, log
+            assert ("native data plane on" in log) == (expected == "native"), log

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.core.wireguard._fakenet import ipv4_packet, ipv6_packet
 
 from tunplug.wireguard import PeerConfig, WireGuardDevice
+from tunplug.wireguard.messages import padded
 from tunplug_crypto_cryptography.backend import CryptographyBackend
 from tunplug_fastpath import NativeAead, NativeDataPath, _native
 from tunplug_fastpath.engine import push_peer
@@ -148,6 +149,8 @@ def test_outbound_seals_with_the_sessions_counter_and_the_peer_opens_everything(
     leftovers, sent = worker.run_once(1000)
     assert leftovers == [] and sent == len(packets) - 1
     datagrams = rig.b_receive(sent)
+    # Laid out as the reference lays them out: header, counter, padded ciphertext, tag.
+    assert [len(d) for d in datagrams] == [32 + len(padded(p, rig.a.mtu)) for p in packets[:-1]]
     counters = [int.from_bytes(d[8:16], "little") for d in datagrams]
     assert counters == list(range(1, 1 + sent))  # counter 0 went with the staged packet
     opened = rig.b.decrypt([(d, rig.a_addr) for d in datagrams], time.monotonic())
