@@ -152,6 +152,9 @@ class GatewayDemo:
                     client_tool, "standalone", "--token-path", str(token_file),
                     "--state-dir", str(self.workdir / "client-state"), "--dns-control", "disabled",
                     "--interface", "tunplug0")  # fmt: skip
+        for name in ("gateway", "client"):
+            found = re.search(r"up: (\w+) data path", (self.workdir / f"{name}.log").read_text())
+            print(f"    {name}: {found.group(1) if found else '?'} data path", flush=True)
         step(f"ping {RESOURCE} (in the resource namespace) from the client, through the gateway")
         ping = self.client.run("ping", "-c", str(count), "-i", "0.3", "-W", "2", RESOURCE,
                                check=False, timeout=60)  # fmt: skip
