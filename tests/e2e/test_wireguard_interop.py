@@ -158,3 +158,14 @@ def test_the_tunnel_runs_on_the_data_path_it_was_given():
             log = side.log()  # type: ignore[attr-defined]
             assert f"up: {expected} data path" in log, log
             assert ("native data plane on" in log) == (expected == "native"), log
+
+
+def test_deleting_the_interface_ends_the_client_with_a_clear_error():
+    with topology("tunplug", "tunplug") as topo:
+        topo.connect(initiator="a")
+        assert_pings(topo, "a", topo.b.tunnel_v4)
+        topo.a.ns.run("ip", "link", "del", topo.a.ifname)
+        process = topo.a.process  # type: ignore[attr-defined]
+        assert process.wait(10) == 1
+        log = topo.a.log()  # type: ignore[attr-defined]
+        assert "(was the interface deleted?)" in log, log

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -83,6 +83,19 @@ fn endpoint(spec: Option<(String, u16)>) -> PyResult<Option<SocketAddr>> {
             .map_err(|_| PyValueError::new_err(format!("not an IP address: {host:?}")))
     })
     .transpose()
+}
+
+/// An I/O error as Python's `OSError(errno, strerror)` (so `errno` is set and the subclass
+/// follows it, as for Python's own system calls).
+fn os_error(error: std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(code) => {
+            let text = error.to_string();
+            let message = text.split(" (os error").next().unwrap_or(&text).to_owned();
+            PyOSError::new_err((code, message))
+        }
+        None => error.into(),
+    }
 }
 
 fn counters_dict(counters: &UdpCounters) -> HashMap<&'static str, u64> {
@@ -261,7 +274,7 @@ impl OutboundWorker {
         timeout_ms: i32,
     ) -> PyResult<(Vec<Bound<'py, PyBytes>>, usize)> {
         let inner = &mut self.inner;
-        let result = py.detach(|| inner.run_once(timeout_ms))?;
+        let result = py.detach(|| inner.run_once(timeout_ms)).map_err(os_error)?;
         let leftovers = result
             .leftovers
             .iter()
@@ -296,7 +309,7 @@ impl InboundWorker {
         timeout_ms: i32,
     ) -> PyResult<(Vec<ControlDatagram<'py>>, usize, bool)> {
         let inner = &mut self.inner;
-        let result = py.detach(|| inner.run_once(timeout_ms))?;
+        let result = py.detach(|| inner.run_once(timeout_ms)).map_err(os_error)?;
         let control = result
             .control
             .iter()

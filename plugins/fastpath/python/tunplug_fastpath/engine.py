@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import math
 import threading
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 
 from tunplug.engine import EngineStats, Processor
-from tunplug.exceptions import map_os_errors
+from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.transport import Datagram, UdpTransport
 from tunplug.wireguard import WireGuardDevice
 from tunplug_fastpath import _native
@@ -61,6 +62,9 @@ ACTIVITY_INTERVAL = 0.1
 #: Batches the threads may have waiting for the event loop; beyond that a batch is dropped
 #: (counted as ``native-backlog``) instead of queueing without bound.
 MAX_PENDING = 32
+
+#: Errors that mean the device itself is gone.
+_DEVICE_GONE = frozenset({errno.EBADF, errno.EBADFD, errno.ENODEV, errno.ENXIO})
 
 _SendSpec = tuple[_native.TransportKey, int, float, int]
 
@@ -107,7 +111,6 @@ class NativeEngine:
         self._inbox: collections.deque[tuple[str, Any]] = collections.deque()
         self._inbox_ready: asyncio.Event | None = None
         self._timer_wakeup = anyio.Event()
-        self._worker_stats: list[dict[str, int]] = []
         #: Packets the socket thread wrote to the device (only that thread adds to it).
         self._delivered = 0
         self._sync()
@@ -245,9 +248,14 @@ class NativeEngine:
         elif kind == "confirmed":
             await self._emit(device.confirm_sessions(self.plane.take_confirmed(), now).to_network)
         else:
-            # A descriptor failed in a thread (e.g. the interface was deleted): end the run
-            # with tunplug's exception for it, errno kept.
-            with map_os_errors(f"carry packets on {self.tun.name} (native data plane)"):
+            # A descriptor failed in a thread: end the run with tunplug's exception for it,
+            # errno kept (as the linux-mq threads do).
+            action = f"carry packets on {self.tun.name} (native data plane)"
+            if item.errno in _DEVICE_GONE:
+                raise ClosedResource(
+                    f"failed to {action}: {item.strerror} (was the interface deleted?)", item.errno
+                )
+            with map_os_errors(action):
                 raise item
         self._sync()
         self.wake_timers()
@@ -317,7 +325,6 @@ class NativeEngine:
             stats.tun_packets_read += numbers.get("tun_packets", 0)
             stats.datagrams_sent += numbers.get("datagrams_sent", 0)
             stats.datagrams_received += numbers.get("datagrams_received", 0)
-            self._worker_stats.append(numbers)
 
 
 def push_peer(plane: _native.Plane, device: WireGuardDevice, peer: Peer) -> None:
