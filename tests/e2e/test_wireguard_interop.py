@@ -169,3 +169,18 @@ def test_deleting_the_interface_ends_the_client_with_a_clear_error():
         assert process.wait(10) == 1
         log = topo.a.log()  # type: ignore[attr-defined]
         assert "(was the interface deleted?)" in log, log
+
+
+def test_several_queues_carry_several_flows_both_ways():
+    """--tun-threads 2: on the native path one Rust thread per queue (the log says so); flows
+    spread over the queues and every one arrives, in both directions."""
+    with topology("tunplug", "tunplug", tunplug_args=("--tun-threads", "2")) as topo:
+        topo.connect(initiator="a")
+        assert_pings(topo, "a", topo.b.tunnel_v4)
+        for reverse in (False, True):
+            report = topo.iperf3(seconds=2, streams=4, reverse=reverse)
+            assert report["end"]["sum_received"]["bytes"] > 10_000_000, topo_logs(topo)
+        log = topo.a.log()  # type: ignore[attr-defined]
+        assert "2 queue(s)" in log
+        if "native data path" in log:
+            assert "native data plane on" in log and "2 queue thread(s)" in log
