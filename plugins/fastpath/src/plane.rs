@@ -17,7 +17,7 @@
 //! A counter is never used twice: the send counter is one atomic per session, shared by every
 //! worker and by Python, and each batch reserves its range with one `fetch_add`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -33,6 +33,8 @@ use crate::transport::{TransportKey, HEADER_LEN, TAG_LEN, TRANSPORT_TYPE};
 
 /// The device's name for a peer (Python's ``Peer.id``).
 pub type PeerId = u32;
+/// A datagram for Python and where it came from.
+pub type Control = (Vec<u8>, SocketAddr);
 
 /// Reads per outbound batch at most (each up to a 64 KiB super-packet).
 const MAX_READS: usize = 64;
@@ -42,6 +44,10 @@ const MAX_OUT_PACKETS: usize = 512;
 const MAX_IN_DATAGRAMS: usize = 512;
 /// Largest TUN read: a vnet header and a 64 KiB (super-)packet.
 const READ_SIZE: usize = VNET_HDR_LEN + 65535;
+/// Datagrams waiting for Python (handshakes, cookies, unknown indices) at most; beyond that
+/// they are dropped and counted (`handshake-queue-full`), never transport data: wireguard-go's
+/// QueueHandshakeSize. A flood of handshake messages fills this queue, not the socket.
+pub const CONTROL_QUEUE: usize = 4096;
 
 /// The session a peer's packets are sealed with.
 #[derive(Clone)]
@@ -197,6 +203,9 @@ pub struct Plane {
     activity: Mutex<HashMap<PeerId, Activity>>,
     drops: Mutex<HashMap<&'static str, u64>>,
     confirmed: Mutex<Vec<u32>>,
+    /// Datagrams for Python, and whether Python has been told that some wait (set by the
+    /// socket worker, cleared when Python empties the queue; both under the queue's lock).
+    control: Mutex<(VecDeque<Control>, bool)>,
     udp: Udp,
     tun: Vec<RawFd>,
     vnet_hdr: bool,
@@ -226,6 +235,7 @@ impl Plane {
             activity: Mutex::default(),
             drops: Mutex::default(),
             confirmed: Mutex::default(),
+            control: Mutex::default(),
             udp: Udp::new(udp_fd, gso, gro),
             tun: tun_fds,
             vnet_hdr,
@@ -309,6 +319,41 @@ impl Plane {
 
     pub fn take_drops(&self) -> Vec<(&'static str, u64)> {
         lock(&self.drops).drain().collect()
+    }
+
+    /// Up to `max` datagrams waiting for Python, oldest first. When this empties the queue,
+    /// the socket worker will tell Python again about the next one.
+    pub fn take_control(&self, max: usize) -> Vec<Control> {
+        let mut control = lock(&self.control);
+        let (queue, signaled) = &mut *control;
+        let taken: Vec<_> = queue.drain(..max.min(queue.len())).collect();
+        if queue.is_empty() {
+            *signaled = false;
+        }
+        taken
+    }
+
+    /// Queue datagrams for Python; `true` if Python must be told (none were waiting unseen).
+    fn queue_control(
+        &self,
+        datagrams: Vec<(Vec<u8>, SocketAddr)>,
+        drops: &mut HashMap<&'static str, u64>,
+    ) -> bool {
+        if datagrams.is_empty() {
+            return false;
+        }
+        let mut control = lock(&self.control);
+        let (queue, signaled) = &mut *control;
+        for datagram in datagrams {
+            if queue.len() < CONTROL_QUEUE {
+                queue.push_back(datagram);
+            } else {
+                *drops.entry("handshake-queue-full").or_default() += 1;
+            }
+        }
+        let tell = !queue.is_empty() && !*signaled;
+        *signaled |= tell;
+        tell
     }
 
     pub fn take_confirmed(&self) -> Vec<u32> {
@@ -488,6 +533,23 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// Carry batches for up to `timeout_ms`, returning early only with packets for Python.
+    pub fn run_for(&mut self, timeout_ms: i32) -> io::Result<OutboundResult> {
+        let deadline = monotonic() + f64::from(timeout_ms.max(0)) / 1000.0;
+        let mut sent = 0;
+        loop {
+            let left = ((deadline - monotonic()) * 1000.0).ceil().max(0.0) as i32;
+            let mut result = self.run_once(left)?;
+            sent += result.sent;
+            if !result.leftovers.is_empty() || left == 0 {
+                result.sent = sent;
+                return Ok(result);
+            }
+        }
+    }
+}
+
 /// Send messages laid out back to back with the given lengths: each run of equal lengths (a
 /// shorter one may end it) is one GSO send.
 fn send_runs(
@@ -526,12 +588,13 @@ pub struct Inbound {
     pub counters: UdpCounters,
 }
 
-/// What an inbound batch leaves for Python: datagrams that are not transport messages for a
-/// session the plane knows, with their source; and whether a session was confirmed.
+/// What inbound batches tell Python: packets written, whether a session was confirmed, and
+/// whether datagrams now wait in the control queue ([`Plane::take_control`]) unannounced.
+#[derive(Default)]
 pub struct InboundResult {
-    pub control: Vec<(Vec<u8>, SocketAddr)>,
     pub delivered: usize,
     pub confirmed: bool,
+    pub control_ready: bool,
 }
 
 impl Inbound {
@@ -548,11 +611,8 @@ impl Inbound {
 
     /// Wait up to `timeout_ms` for the socket, then receive, open, check and write one batch.
     pub fn run_once(&mut self, timeout_ms: i32) -> io::Result<InboundResult> {
-        let mut result = InboundResult {
-            control: Vec::new(),
-            delivered: 0,
-            confirmed: false,
-        };
+        let mut result = InboundResult::default();
+        let mut control = Vec::new();
         let plane = Arc::clone(&self.plane);
         if poll_readable(&[plane.udp.fd()], timeout_ms)? == 0 {
             return Ok(result);
@@ -583,7 +643,7 @@ impl Inbound {
                 .filter(|(_, session)| now < session.expires);
                 let Some((index, session)) = session else {
                     if let Some(address) = source.to_std() {
-                        result.control.push((data.to_vec(), address));
+                        control.push((data.to_vec(), address));
                     }
                     continue;
                 };
@@ -687,8 +747,28 @@ impl Inbound {
         result.delivered = self.packets.len();
         let packets: Vec<&[u8]> = self.packets.iter().collect();
         plane.write_tun(&packets, &mut drops);
+        result.control_ready = plane.queue_control(control, &mut drops);
         plane.count_drops(&mut drops);
         Ok(result)
+    }
+
+    /// Carry batches for up to `timeout_ms`, returning early only when Python must act (a
+    /// confirmed session, datagrams newly waiting for it). So the thread takes the GIL about
+    /// ten times a second, not once per batch, and a Python side busy with a handshake flood
+    /// cannot slow the transport data down.
+    pub fn run_for(&mut self, timeout_ms: i32) -> io::Result<InboundResult> {
+        let deadline = monotonic() + f64::from(timeout_ms.max(0)) / 1000.0;
+        let mut total = InboundResult::default();
+        loop {
+            let left = ((deadline - monotonic()) * 1000.0).ceil().max(0.0) as i32;
+            let result = self.run_once(left)?;
+            total.delivered += result.delivered;
+            total.confirmed |= result.confirmed;
+            total.control_ready |= result.control_ready;
+            if total.confirmed || total.control_ready || left == 0 {
+                return Ok(total);
+            }
+        }
     }
 }
 

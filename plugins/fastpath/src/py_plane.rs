@@ -230,6 +230,25 @@ impl Plane {
         self.inner.take_drops().into_iter().collect()
     }
 
+    /// Up to `max` datagrams waiting for Python (handshakes, cookies, unknown sessions), with
+    /// their sources, oldest first.
+    fn take_control<'py>(
+        &self,
+        py: Python<'py>,
+        max: usize,
+    ) -> Vec<(Bound<'py, PyBytes>, (String, u16))> {
+        self.inner
+            .take_control(max)
+            .iter()
+            .map(|(data, source)| {
+                (
+                    PyBytes::new(py, data),
+                    (source.ip().to_string(), source.port()),
+                )
+            })
+            .collect()
+    }
+
     /// Local indices of next sessions the peer has used since the last call.
     fn take_confirmed(&self) -> Vec<u32> {
         self.inner.take_confirmed()
@@ -297,30 +316,14 @@ pub struct InboundWorker {
     inner: plane::Inbound,
 }
 
-type ControlDatagram<'py> = (Bound<'py, PyBytes>, (String, u16));
-
 #[pymethods]
 impl InboundWorker {
-    /// Wait up to `timeout_ms` for the socket and carry one batch; returns the datagrams left
-    /// for Python, how many packets were written, and whether a session was confirmed.
-    fn run_once<'py>(
-        &mut self,
-        py: Python<'py>,
-        timeout_ms: i32,
-    ) -> PyResult<(Vec<ControlDatagram<'py>>, usize, bool)> {
+    /// Carry batches for up to `timeout_ms` (GIL released); returns early when Python must act:
+    /// (packets written, a session was confirmed, datagrams wait in `Plane.take_control`).
+    fn run_once(&mut self, py: Python<'_>, timeout_ms: i32) -> PyResult<(usize, bool, bool)> {
         let inner = &mut self.inner;
-        let result = py.detach(|| inner.run_once(timeout_ms)).map_err(os_error)?;
-        let control = result
-            .control
-            .iter()
-            .map(|(data, source)| {
-                (
-                    PyBytes::new(py, data),
-                    (source.ip().to_string(), source.port()),
-                )
-            })
-            .collect();
-        Ok((control, result.delivered, result.confirmed))
+        let result = py.detach(|| inner.run_for(timeout_ms)).map_err(os_error)?;
+        Ok((result.delivered, result.confirmed, result.control_ready))
     }
 
     fn stats(&self) -> HashMap<&'static str, u64> {

@@ -15,8 +15,12 @@ loop around one native call that releases the GIL for the whole batch:
   and starts a handshake, exactly as on the Python path.
 - one for the socket (:class:`~tunplug_fastpath._native.InboundWorker`): UDP GRO receive,
   open, replay window, allowed source, TCP coalescing, TUN write. Handshakes, cookies and
-  transport messages for sessions the plane does not know come back to the loop
-  (``device.decrypt``).
+  transport messages for sessions the plane does not know go to a bounded queue in the plane
+  (4096, as wireguard-go's handshake queue: when it is full they are dropped and counted,
+  never transport data), which the loop drains (``device.decrypt``).
+
+Each thread stays in native code for up to :data:`POLL_MS` at a time, returning early only when
+Python must act, so it takes the GIL about ten times a second whatever the traffic.
 
 The event loop keeps the device and the plane in step: after every device call the peers
 whose sessions, endpoint or AllowedIPs changed are pushed to the plane (``take_changes``), and
@@ -39,6 +43,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import anyio
+import anyio.lowlevel
 
 from tunplug.engine import EngineStats, Processor
 from tunplug.exceptions import ClosedResource, map_os_errors
@@ -59,6 +64,8 @@ POLL_MS = 100
 #: How often the plane's activity reaches the device's timers (seconds). WireGuard's timers
 #: work in seconds; a confirmed session is handed over at once instead (see the inbound loop).
 ACTIVITY_INTERVAL = 0.1
+#: Datagrams from the plane's control queue per device call.
+CONTROL_CHUNK = 128
 #: Batches the threads may have waiting for the event loop; beyond that a batch is dropped
 #: (counted as ``native-backlog``) instead of queueing without bound.
 MAX_PENDING = 32
@@ -194,7 +201,7 @@ class NativeEngine:
         stop = self._stop
         while not stop.is_set():
             try:
-                control, delivered, confirmed = worker.run_once(POLL_MS)
+                delivered, confirmed, control_ready = worker.run_once(POLL_MS)
             except OSError as exc:
                 self._post(loop, "failed", exc, force=True)
                 return
@@ -202,8 +209,8 @@ class NativeEngine:
             if confirmed:
                 # The responder may send on the session now: hand the device the news at once.
                 self._post(loop, "confirmed", None, force=True)
-            if control:
-                self._post(loop, "datagrams", control)
+            if control_ready:
+                self._post(loop, "datagrams", None, force=True)
 
     def _post(
         self, loop: asyncio.AbstractEventLoop, kind: str, item: Any, *, force: bool = False
@@ -240,11 +247,17 @@ class NativeEngine:
         if kind == "packets":
             await self._emit(device.encrypt(item, now).to_network)
         elif kind == "datagrams":
-            output = device.decrypt(item, now)
-            await self._emit(output.to_network)
-            if output.to_tun:
-                self._count(self.plane.write_tun([bytes(p) for p in output.to_tun]))
-                self.stats.tun_packets_written += len(output.to_tun)
+            # The plane's bounded queue (handshakes, cookies, unknown sessions), drained in
+            # chunks with a checkpoint between them: under a handshake flood the queue is what
+            # fills and overflows, while the threads keep carrying transport data.
+            while batch := self.plane.take_control(CONTROL_CHUNK):
+                output = device.decrypt(batch, self.clock())
+                await self._emit(output.to_network)
+                if output.to_tun:
+                    self._count(self.plane.write_tun([bytes(p) for p in output.to_tun]))
+                    self.stats.tun_packets_written += len(output.to_tun)
+                self._sync()
+                await anyio.lowlevel.checkpoint()
         elif kind == "confirmed":
             await self._emit(device.confirm_sessions(self.plane.take_confirmed(), now).to_network)
         else:
