@@ -369,12 +369,18 @@ class WireGuardDevice:
         # The timer is armed once per quiet period: draw the jitter (a syscall) only then.
         if timers.new_handshake == INF and any(packets):
             timers.data_sent(now, self._jitter())
-        # keep_key_fresh_sending
+        self._keep_key_fresh_sending(peer, keypair, now, out)
+        if peer.staged:
+            self._send_initiation(peer, now, out, retry=False)
+
+    def _keep_key_fresh_sending(
+        self, peer: Peer, keypair: Keypair, now: float, out: Output
+    ) -> None:
+        """Rekey after RekeyAfterMessages, or (initiator) RekeyAfterTime, of sending."""
+        timing = self.timing
         if keypair.send_counter > timing.rekey_after_messages or (
             keypair.is_initiator and now - keypair.created >= timing.rekey_after_time
         ):
-            self._send_initiation(peer, now, out, retry=False)
-        if peer.staged:
             self._send_initiation(peer, now, out, retry=False)
 
     def _send_keepalive(self, peer: Peer, now: float, out: Output) -> None:
@@ -779,15 +785,8 @@ class WireGuardDevice:
                 timers.any_authenticated_packet_sent()
                 if timers.new_handshake == INF:
                     timers.data_sent(when, self._jitter())
-                keypair = peer.current
-                if keypair is not None and (
-                    keypair.send_counter > self.timing.rekey_after_messages
-                    or (
-                        keypair.is_initiator
-                        and now - keypair.created >= self.timing.rekey_after_time
-                    )
-                ):
-                    self._send_initiation(peer, now, out, retry=False)
+                if peer.current is not None:
+                    self._keep_key_fresh_sending(peer, peer.current, now, out)
             else:
                 if endpoint is not None and endpoint != peer.endpoint:
                     peer.endpoint = endpoint
