@@ -41,7 +41,12 @@ def scenario() -> tuple[FakeNet, Node, Node, tuple[bytes, ...]]:
 @st.composite
 def mangled(draw: st.DrawFn) -> bytes:
     _, _, _, captured = scenario()
-    original = draw(st.sampled_from(captured))
+    return mangle(draw, draw(st.sampled_from(captured)))
+
+
+def mangle(draw: st.DrawFn, original: bytes) -> bytes:
+    """``original`` replayed, flipped, truncated, extended, or replaced by random bytes behind a
+    message type (also used for the native plane's fuzz test)."""
     how = draw(st.sampled_from(["flip", "truncate", "extend", "random", "replay"]))
     if how == "replay":
         return original

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.core.wireguard._fakenet import ipv4_packet, ipv6_packet
+from tests.core.wireguard.test_fuzz import mangle
 
 from tunplug.wireguard import PeerConfig, WireGuardDevice
 from tunplug.wireguard.messages import padded
@@ -216,21 +217,7 @@ def test_a_removed_peer_is_no_longer_routed(rig: Rig) -> None:
 
 @st.composite
 def mangled_datagrams(draw: st.DrawFn, originals: list[bytes]) -> bytes:
-    original = draw(st.sampled_from(originals))
-    how = draw(st.sampled_from(["flip", "truncate", "extend", "random", "replay"]))
-    if how == "replay":
-        return original
-    if how == "random":
-        prefix = draw(st.sampled_from([b"", b"\x01\x00\x00\x00", b"\x04\x00\x00\x00"]))
-        return prefix + draw(st.binary(max_size=200))
-    if how == "truncate":
-        return original[: draw(st.integers(0, len(original) - 1))]
-    if how == "extend":
-        return original + draw(st.binary(min_size=1, max_size=20))
-    data = bytearray(original)
-    position = draw(st.integers(0, len(data) * 8 - 1))
-    data[position // 8] ^= 1 << (position % 8)
-    return bytes(data)
+    return mangle(draw, draw(st.sampled_from(originals)))
 
 
 def test_mangled_datagrams_are_dropped_and_counted_or_handed_to_python(rig: Rig) -> None:
