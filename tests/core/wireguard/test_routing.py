@@ -88,3 +88,19 @@ def test_device_routes_each_packet_to_the_most_specific_peer() -> None:
     assert destinations == sorted(p.address for p in peers.values())
     hub.device.remove_peer(peers["lab"].public_key)
     assert hub.device.route("10.1.2.3") == peers["corp"].public_key
+
+
+def test_networks_follow_moves_and_removals_after_being_read() -> None:
+    table: AllowedIPs[str] = AllowedIPs()
+    table.insert(net_("10.0.0.1/32"), "a")
+    table.insert(net_("fd00::1/128"), "a")
+    table.insert(net_("10.0.0.0/24"), "a")
+    assert table.networks("a") == [net_("10.0.0.1/32"), net_("10.0.0.0/24"), net_("fd00::1/128")]
+    table.insert(net_("10.0.0.1/32"), "b")  # moved: a's answer read before must not be reused
+    assert table.networks("a") == [net_("10.0.0.0/24"), net_("fd00::1/128")]
+    assert table.networks("b") == [net_("10.0.0.1/32")]
+    table.remove_value("b")
+    assert table.networks("b") == []
+    assert table.lookup_address("10.0.0.1") == "a"  # the /24 is still a's
+    table.remove_value("a")
+    assert table.networks("a") == [] and table.lookup_address("fd00::1") is None
