@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -125,6 +126,23 @@ class GatewayDemo:
         return values
 
     def run(self, *, count: int, seconds: float) -> int:
+        self.start_tunnel()
+        step(f"ping {RESOURCE} (in the resource namespace) from the client, through the gateway")
+        ping = self.client.run("ping", "-c", str(count), "-i", "0.3", "-W", "2", RESOURCE,
+                               check=False, timeout=60)  # fmt: skip
+        print(ping.stdout.rstrip())
+        failures = int(ping.returncode != 0)
+        routes = self.client.run("ip", "route", "show", "dev", "tunplug0").stdout.split("\n")
+        shown = ", ".join(line.split()[0] for line in routes if line.strip())
+        print(f"    the client routes only the resources into the tunnel: {shown}; the gateway "
+              "drops anything else a client sends (tests/e2e/test_gateway.py)")  # fmt: skip
+        failures += self._iperf(seconds)
+        step("stopping the client and the gateway (SIGTERM)")
+        return 1 if failures else 0
+
+    def start_tunnel(self, gateway_args: Sequence[str] = ()) -> None:
+        """Init the gateway, add the client, start both (``gateway_args`` go to ``run``; the
+        soak benchmark passes ``--flow-logs``); returns once both tunnels are up."""
         state = self.workdir / "gateway-state"
         gateway_tool, client_tool = _tool("tunplug-gateway"), _tool("tunplug-headless-client")
         step(f"tunplug-gateway init: endpoint {GATEWAY_UNDERLAY}:51820, resource {RESOURCE_NET}")
@@ -146,6 +164,7 @@ class GatewayDemo:
         self._start(
             self.gateway, self.workdir / "gateway.log", "tunnel is up on",
             gateway_tool, "run", "--state-dir", str(state), "--metrics-address", METRICS,
+            *gateway_args,
         )  # fmt: skip
         step(f"starting tunplug-headless-client in {self.client.name} with the token")
         self._start(self.client, self.workdir / "client.log", "tunnel is up on",
@@ -155,18 +174,6 @@ class GatewayDemo:
         for name in ("gateway", "client"):
             found = re.search(r"up: (\w+) data path", (self.workdir / f"{name}.log").read_text())
             print(f"    {name}: {found.group(1) if found else '?'} data path", flush=True)
-        step(f"ping {RESOURCE} (in the resource namespace) from the client, through the gateway")
-        ping = self.client.run("ping", "-c", str(count), "-i", "0.3", "-W", "2", RESOURCE,
-                               check=False, timeout=60)  # fmt: skip
-        print(ping.stdout.rstrip())
-        failures = int(ping.returncode != 0)
-        routes = self.client.run("ip", "route", "show", "dev", "tunplug0").stdout.split("\n")
-        shown = ", ".join(line.split()[0] for line in routes if line.strip())
-        print(f"    the client routes only the resources into the tunnel: {shown}; the gateway "
-              "drops anything else a client sends (tests/e2e/test_gateway.py)")  # fmt: skip
-        failures += self._iperf(seconds)
-        step("stopping the client and the gateway (SIGTERM)")
-        return 1 if failures else 0
 
     def _iperf(self, seconds: float) -> int:
         step(f"iperf3 for {seconds:.0f} s: client -> TCP service at {RESOURCE}:5201, live")
