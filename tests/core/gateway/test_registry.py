@@ -480,3 +480,27 @@ def test_a_registry_from_a_newer_tunplug_is_refused(registry, state_dir):
         connection.close()
     with pytest.raises(ConfigError, match=r"newer than this tunplug knows.*upgrade tunplug"):
         Registry.open(state_dir)
+
+
+def test_clients_added_in_bulk_get_consecutive_addresses_in_one_version_step(registry):
+    first = registry.add_client("first")
+    version = registry.version()
+    issued = registry.add_clients([f"bulk{i}" for i in range(50)])
+    assert registry.version() == version + 1
+    indices = [int(c.client.address_v4) - int(first.client.address_v4) for c in issued]
+    assert indices == list(range(1, 51))
+    assert [c.name for c in registry.clients()] == ["first"] + [f"bulk{i}" for i in range(50)]
+    decoded = token.decode(issued[7].token)
+    assert parse_key(decoded.private_key) != parse_key(token.decode(issued[8].token).private_key)
+    assert decoded.addresses[0] == f"{issued[7].client.address_v4}/32"
+
+
+def test_a_bulk_add_with_a_taken_or_repeated_name_adds_nothing(registry):
+    registry.add_client("taken")
+    version = registry.version()
+    with pytest.raises(ConfigError, match="already exists"):
+        registry.add_clients(["new1", "taken"])
+    with pytest.raises(ConfigError, match="given twice"):
+        registry.add_clients(["new2", "new2"])
+    assert registry.version() == version
+    assert [c.name for c in registry.clients()] == ["taken"]
