@@ -8,6 +8,7 @@ turns batches of bytes into batches of bytes, and the engine moves them::
     inbound:  transport.recv_many -> processor.decrypt -> pipeline.inbound
               -> tun.send_ready / tun.send   (handshake replies -> transport.send_many)
     timers:   processor.tick at processor.next_deadline()
+    floods:   processor.handshake_floods -> transport.block_handshakes, once a second
 
 Each direction is one task; a slow device stops the inbound task at ``send_ready`` (and so
 stops reading the socket), which is the backpressure the Tun contract promises.
@@ -18,9 +19,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from ipaddress import IPv4Address, IPv6Address
+from typing import Protocol, runtime_checkable
 
 import anyio
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: Longest sleep of the timer task when the processor has no deadline.
 IDLE_TICK = 1.0
+#: How often the processor is asked which sources flood it with handshakes.
+FLOOD_CHECK_INTERVAL = 1.0
 
 
 class ProcessorOutput(Protocol):
@@ -54,6 +58,70 @@ class Processor(Protocol):
     def tick(self, now: float) -> ProcessorOutput: ...
 
     def next_deadline(self) -> float | None: ...
+
+
+@runtime_checkable
+class ReportsFloods(Protocol):
+    """A processor that finds sources flooding it with handshakes
+    (:meth:`tunplug.wireguard.WireGuardDevice.handshake_floods`)."""
+
+    def handshake_floods(self, now: float) -> frozenset[bytes] | None: ...
+
+    @property
+    def flood_sample_one_in(self) -> int: ...
+
+
+@runtime_checkable
+class BlocksHandshakes(Protocol):
+    """A transport that can have the kernel drop some sources' handshake messages
+    (:meth:`tunplug.transport.UdpTransport.block_handshakes`)."""
+
+    def block_handshakes(self, sources: Collection[bytes], sample_one_in: int) -> bool: ...
+
+
+async def filter_handshake_floods(
+    current_processor: Callable[[], object],
+    transport: object,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Every FLOOD_CHECK_INTERVAL, hand the sources the processor finds flooding it to the
+    transport's socket filter; runs until cancelled (both engines run it as a task). A new
+    processor (a reload) starts with no source blocked."""
+    if not isinstance(transport, BlocksHandshakes):
+        return
+    blocked: frozenset[bytes] = frozenset()
+    last: object = None
+    while True:
+        await anyio.sleep(FLOOD_CHECK_INTERVAL)
+        processor = current_processor()
+        if processor is not last:
+            last = processor
+            if blocked:
+                transport.block_handshakes((), 1)
+                blocked = frozenset()
+        if not isinstance(processor, ReportsFloods):
+            continue
+        update = processor.handshake_floods(clock())
+        if update is None:
+            continue
+        for source in sorted(update - blocked):
+            log.warning(
+                "handshake flood from %s: its handshake messages are now dropped in the kernel "
+                "(one in %d still checked; its transport data still passes)",
+                describe_source(source),
+                processor.flood_sample_one_in,
+            )
+        for source in sorted(blocked - update):
+            log.info("handshake flood from %s is over: unblocked", describe_source(source))
+        transport.block_handshakes(update, processor.flood_sample_one_in)
+        blocked = update
+
+
+def describe_source(source: bytes) -> str:
+    """A blocked source for a log line: an IPv4 address, or an IPv6 /64."""
+    if len(source) == 4:
+        return str(IPv4Address(source))
+    return f"{IPv6Address(source + bytes(16 - len(source)))}/64"
 
 
 @dataclass(slots=True)
@@ -95,6 +163,13 @@ class TunnelEngine:
             tasks.start_soon(self._outbound, name=f"{self.tun.name}-outbound")
             tasks.start_soon(self._inbound, name=f"{self.tun.name}-inbound")
             tasks.start_soon(self._timers, name=f"{self.tun.name}-timers")
+            tasks.start_soon(
+                filter_handshake_floods,
+                lambda: self.processor,
+                self.transport,
+                self.clock,
+                name=f"{self.tun.name}-floods",
+            )
 
     async def _outbound(self) -> None:
         tun, pipeline, stats = self.tun, self.pipeline, self.stats

@@ -13,13 +13,14 @@ import platform
 import socket
 import sys
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Self
 
 import anyio
 from anyio.abc import AsyncResource
 
+from tunplug import socket_filter
 from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.udp_offload import (
     GRO_BUFFER_BYTES,
@@ -157,6 +158,25 @@ class UdpTransport(DatagramTransport):
         """The socket's descriptor, for a native data plane that receives on it in this
         transport's place (it stays owned, and closed, by this transport)."""
         return self._sock.fileno()
+
+    def block_handshakes(self, sources: Collection[bytes], sample_one_in: int) -> bool:
+        """Have the kernel drop handshake and cookie messages from ``sources`` (IPv4 addresses
+        as 4 bytes, IPv6 /64 prefixes as 8) but one in ``sample_one_in``; transport data still
+        passes. An empty ``sources`` removes the filter. Returns False where socket filters
+        are not available (not Linux, or the kernel refused): nothing is filtered then.
+        See :mod:`tunplug.socket_filter`."""
+        if not sys.platform.startswith("linux") or self._closed:
+            return False
+        try:
+            if sources:
+                program = socket_filter.guard_program(sources, sample_one_in)
+                socket_filter.attach(self._sock, program)
+            else:
+                socket_filter.detach(self._sock)
+        except (OSError, ValueError) as exc:
+            log.warning("could not filter flooding sources in the kernel: %s", exc)
+            return False
+        return True
 
     def stats(self) -> UdpStats:
         """A snapshot of this transport's counters (and whether GSO and GRO are on)."""

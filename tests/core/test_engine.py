@@ -157,3 +157,56 @@ async def test_a_full_device_pushes_back_instead_of_buffering():
             while True:
                 if marker in await gateway.tun.delivered(1):
                     break
+
+
+class _FloodingProcessor:
+    """Reports a new set of flooding sources at each call, from a script."""
+
+    flood_sample_one_in = 256
+
+    def __init__(self, script: list[frozenset[bytes] | None]) -> None:
+        self.script = script
+
+    def handshake_floods(self, now: float) -> frozenset[bytes] | None:
+        return self.script.pop(0) if self.script else None
+
+
+class _FilteringTransport:
+    def __init__(self) -> None:
+        self.calls: list[tuple[frozenset[bytes], int]] = []
+        self.called = anyio.Event()
+
+    def block_handshakes(self, sources, sample_one_in):
+        self.calls.append((frozenset(sources), sample_one_in))
+        self.called.set()
+        return True
+
+    async def wait_for_calls(self, count: int) -> None:
+        while len(self.calls) < count:
+            self.called = anyio.Event()
+            await self.called.wait()
+
+
+async def test_flooding_sources_reach_the_transport_filter_and_a_reload_clears_it(
+    monkeypatch, caplog
+):
+    import tunplug.engine as engine
+
+    monkeypatch.setattr(engine, "FLOOD_CHECK_INTERVAL", 0.01)
+    first = _FloodingProcessor([frozenset({b"\xc0\x00\x02\x09"})])
+    second = _FloodingProcessor([frozenset({bytes(8)})])
+    transport, current = _FilteringTransport(), [first]
+    with anyio.move_on_after(0.2):
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(engine.filter_handshake_floods, lambda: current[0], transport)
+            await transport.wait_for_calls(1)
+            current[0] = second  # a reload: the old device's block is lifted first
+            await transport.wait_for_calls(3)
+            tasks.cancel_scope.cancel()
+    assert transport.calls == [
+        (frozenset({b"\xc0\x00\x02\x09"}), 256),
+        (frozenset(), 1),
+        (frozenset({bytes(8)}), 256),
+    ]
+    assert "handshake flood from 192.0.2.9" in caplog.text
+    assert "handshake flood from ::/64" in caplog.text

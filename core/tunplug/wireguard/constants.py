@@ -37,6 +37,22 @@ HANDSHAKE_INITIATION_RATE: Final = 1 / 50
 #: Handshake messages per second per source IP, and the burst allowed (wireguard-go ratelimiter).
 HANDSHAKES_PER_SECOND: Final = 20
 HANDSHAKE_BURST: Final = 5
+#: Sources the handshake rate limiter tracks at most; a new source beyond that is refused (the
+#: Linux kernel's ratelimiter has such a cap too), so a flood of spoofed sources costs bounded
+#: memory and each refusal is one dictionary lookup.
+RATE_LIMITER_MAX_ENTRIES: Final = 65536
+#: A source whose handshakes are refused by the rate limiter this often per second (five times
+#: the rate it is allowed) is flooding: its handshake messages are then dropped by a socket
+#: filter in the kernel (``tunplug.socket_filter``), before any work in tunplug.
+FLOOD_REFUSALS_PER_SECOND: Final = 100
+#: How long a flooding source stays blocked after its flood was last seen.
+FLOOD_BLOCK_TIME: Final = 5.0
+#: While a source is blocked, one of this many of its handshake messages still reaches tunplug
+#: (a random sample, decided by the filter), so that the flood's rate stays known.
+FLOOD_SAMPLE_ONE_IN: Final = 256
+#: Sources blocked at once at most (the worst offenders); a filter of this size stays far below
+#: the kernel's 4096 instructions.
+FLOOD_MAX_BLOCKED: Final = 256
 #: Handshake messages in one second from which the device counts as under load (wireguard-go:
 #: a queue of QueueHandshakeSize / 8 = 128 waiting handshakes).
 UNDER_LOAD_THRESHOLD: Final = 128

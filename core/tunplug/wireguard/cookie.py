@@ -31,6 +31,7 @@ from tunplug.wireguard.constants import (
     LABEL_MAC1,
     MAC_SIZE,
     MESSAGE_COOKIE_REPLY,
+    RATE_LIMITER_MAX_ENTRIES,
     UNDER_LOAD_AFTER_TIME,
 )
 from tunplug.wireguard.messages import COOKIE_REPLY
@@ -183,22 +184,37 @@ class LoadMonitor:
 
 class RateLimiter:
     """Token bucket per source address (IPv6 by /64): HANDSHAKES_PER_SECOND, burst
-    HANDSHAKE_BURST, as wireguard-go's ratelimiter."""
+    HANDSHAKE_BURST, as wireguard-go's ratelimiter.
 
-    __slots__ = ("_burst", "_entries", "_rate")
+    Bounded: at most ``max_entries`` sources are tracked (a new source beyond that is refused,
+    as the Linux kernel's ratelimiter does), and sources whose bucket is full again are
+    forgotten by :meth:`collect`. Refusals are counted per source until
+    :meth:`take_refusals`, which is how a flooding source is found
+    (:class:`~tunplug.wireguard.flood.FloodGuard`).
+    """
 
-    def __init__(self, rate: float = HANDSHAKES_PER_SECOND, burst: int = HANDSHAKE_BURST) -> None:
+    __slots__ = ("_burst", "_entries", "_max_entries", "_rate", "_refused")
+
+    def __init__(
+        self,
+        rate: float = HANDSHAKES_PER_SECOND,
+        burst: int = HANDSHAKE_BURST,
+        max_entries: int = RATE_LIMITER_MAX_ENTRIES,
+    ) -> None:
         self._rate = rate
         self._burst = float(burst)
+        self._max_entries = max_entries
         # key -> [tokens, last update]
         self._entries: dict[bytes | str, list[float]] = {}
+        self._refused: dict[bytes | str, int] = {}
 
     def allow(self, host: str, now: float) -> bool:
         key = _limiter_key(host)
         entry = self._entries.get(key)
         if entry is None:
-            if len(self._entries) >= 4096:
-                self.collect(now)
+            if len(self._entries) >= self._max_entries:
+                self._refused[key] = self._refused.get(key, 0) + 1
+                return False
             self._entries[key] = [self._burst - 1, now]
             return True
         tokens = min(self._burst, entry[0] + (now - entry[1]) * self._rate)
@@ -207,6 +223,7 @@ class RateLimiter:
             entry[0] = tokens - 1.0
             return True
         entry[0] = tokens
+        self._refused[key] = self._refused.get(key, 0) + 1
         return False
 
     def collect(self, now: float) -> None:
@@ -216,11 +233,21 @@ class RateLimiter:
         for key in stale:
             del self._entries[key]
 
+    def take_refusals(self) -> dict[bytes | str, int]:
+        """Refusals per source since the last call (keyed as :meth:`allow` keys sources)."""
+        refused, self._refused = self._refused, {}
+        return refused
+
     def __len__(self) -> int:
         return len(self._entries)
 
 
 def _limiter_key(host: str) -> bytes | str:
+    """A source's key: the dotted IPv4 text as it is (cheap: no parsing per handshake), the
+    packed IPv4 of an IPv4-mapped IPv6 address, the first 8 bytes (/64) of another IPv6
+    address, or the text itself when it is no address."""
+    if ":" not in host:
+        return host
     try:
         address = ip_address(host.split("%", 1)[0])
     except ValueError:

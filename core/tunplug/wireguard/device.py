@@ -15,7 +15,9 @@ seconds), randomness from the injected ``random``. Bad input never raises; it is
 "Under load" (when handshakes are answered with cookie replies unless they carry a valid mac2)
 means at least ``under_load_threshold`` handshake messages within one second, and for
 UNDER_LOAD_AFTER_TIME after; see :class:`~tunplug.wireguard.cookie.LoadMonitor`. Handshake
-messages are also rate-limited per source IP (20/s, burst 5) at all times.
+messages are rate-limited per source IP (20/s, burst 5) at all times, before any other check;
+a source far over its rate is reported by :meth:`WireGuardDevice.handshake_floods` so that the
+engine can have the kernel drop its handshakes (:mod:`tunplug.wireguard.flood`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from tunplug.wireguard.constants import (
     UNDER_LOAD_THRESHOLD,
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
+from tunplug.wireguard.flood import FloodGuard
 from tunplug.wireguard.messages import (
     COOKIE_REPLY,
     FIXED_SIZES,
@@ -180,6 +183,7 @@ class WireGuardDevice:
         self._cookies = CookieChecker(crypto, self.public_key, random, timing.cookie_refresh_time)
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
+        self._flood = FloodGuard()
         self._last_collect = float("-inf")
         #: Why packets were dropped, by reason; never reset by the device.
         self.drops: collections.Counter[str] = collections.Counter()
@@ -480,7 +484,12 @@ class WireGuardDevice:
         now: float,
         out: Output,
     ) -> bool:
-        """mac1, then (under load) mac2 or a cookie reply, then the per-IP rate limit."""
+        """The per-IP rate limit (first: a refusal costs one dictionary lookup, so a flood from
+        one source is dropped for almost nothing), then mac1, then (under load) mac2 or a
+        cookie reply."""
+        if not self._limiter.allow(endpoint[0], now):
+            self.drops["rate-limited"] += 1
+            return False
         if not self._cookies.check_mac1(data):
             self.drops["bad-mac1"] += 1
             return False
@@ -493,9 +502,6 @@ class WireGuardDevice:
                 )
                 self.drops["cookie-reply-sent"] += 1
                 return False
-        if not self._limiter.allow(endpoint[0], now):
-            self.drops["rate-limited"] += 1
-            return False
         return True
 
     def _handle_initiation(
@@ -809,6 +815,18 @@ class WireGuardDevice:
         return out
 
     # -- timers -----------------------------------------------------------------------------
+    def handshake_floods(self, now: float) -> frozenset[bytes] | None:
+        """Sources flooding us with handshakes (IPv4 addresses, IPv6 /64s), when that set
+        changed since the last call, else None. The engine calls it about once a second and
+        has the transport drop their handshake messages in the kernel; see
+        :mod:`tunplug.wireguard.flood`."""
+        return self._flood.update(self._limiter.take_refusals(), now)
+
+    @property
+    def flood_sample_one_in(self) -> int:
+        """One in this many handshake messages of a blocked source still reaches the device."""
+        return self._flood.sample_one_in
+
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must run next (``now`` scale), or ``None`` if no timer is armed.
 

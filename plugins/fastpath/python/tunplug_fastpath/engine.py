@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.lowlevel
 
-from tunplug.engine import EngineStats, Processor
+from tunplug.engine import EngineStats, Processor, filter_handshake_floods
 from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.transport import Datagram, UdpTransport
 from tunplug.wireguard import WireGuardDevice
@@ -175,6 +175,13 @@ class NativeEngine:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(self._serve_inbox, name=f"{name}-native-inbox")
                 tasks.start_soon(self._timers, name=f"{name}-native-timers")
+                tasks.start_soon(
+                    filter_handshake_floods,
+                    lambda: self._device,
+                    self.transport,
+                    self.clock,
+                    name=f"{name}-native-floods",
+                )
         finally:
             self._stop.set()
             with anyio.CancelScope(shield=True):
