@@ -34,6 +34,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -297,7 +298,7 @@ def throughput_checks(measured: Sequence[Sample]) -> list[Target]:
     """Coefficient of variation, slowest interval against the median, and trend."""
     values = interval_mbps(measured)
     titles = [
-        f"throughput CV <= {THROUGHPUT_CV_LIMIT:.2f} over the {INTERVAL_SECONDS:g} s intervals",
+        f"throughput CV <= {THROUGHPUT_CV_LIMIT:.2f} over the sampling intervals",
         f"slowest interval >= {THROUGHPUT_MIN_RATIO:.1f}x the median",
         f"last third's median >= {THROUGHPUT_TREND_RATIO:.1f}x the first third's",
     ]
@@ -382,7 +383,7 @@ def evaluate(samples: Sequence[Sample], warmup: float, outcome: Outcome) -> list
 # --- rendering ----------------------------------------------------------------------------
 
 TABLE_HEADER = [
-    "Time", "Mbit/s", "vs first", "GW RSS MB", "Client RSS MB", "GW fds", "Client fds",
+    "Time m:ss", "Mbit/s", "vs first", "GW RSS MB", "Client RSS MB", "GW fds", "Client fds",
     "GW threads", "Client threads", "GW CPU", "Machine busy", "Flow log KB", "Flows logged",
 ]  # fmt: skip
 
@@ -412,7 +413,7 @@ def table_rows(samples: Sequence[Sample], step: float, warmup: float) -> list[li
         warm = " (warm-up)" if after.elapsed <= warmup + 1e-6 and after.elapsed > 0 else ""
         rows.append(
             [
-                f"{after.elapsed / 60:.1f} min{warm}",
+                f"{round(after.elapsed) // 60}:{round(after.elapsed) % 60:02d}{warm}",
                 _num(rate, ".0f"),
                 _num(rate / anchor if anchor else math.nan, ".2f", "x"),
                 f"{after.gateway.rss / MB:.1f}",
@@ -656,11 +657,20 @@ def _iperf_summary(text: str) -> tuple[float | None, int | None]:
 
 
 def _data_paths(demo: GatewayDemo) -> str:
+    """Which data path each end runs, and whether its native threads or the Python engine move
+    the batches (pipeline stages such as the flow log need the Python engine)."""
     found = []
     for name in ("gateway", "client"):
         text = (demo.workdir / f"{name}.log").read_text(errors="replace")
-        line = next((ln for ln in text.splitlines() if "data path" in ln and "up:" in ln), "")
-        found.append(f"{name}: {line.split('up:', 1)[1].strip() if line else '?'}")
+        path = re.search(r"up: (\w+) data path", text)
+        engine = re.search(r"per-batch calls from the Python engine \((.*)\)", text)
+        if path is None:
+            found.append(f"{name}: ?")
+        elif path.group(1) == "native" and engine is None:
+            found.append(f"{name}: native, its own threads")
+        else:
+            why = f" ({engine.group(1)})" if engine else ""
+            found.append(f"{name}: {path.group(1)}, batches from the Python engine{why}")
     return "; ".join(found)
 
 
