@@ -3,6 +3,8 @@
 Who calls it: :func:`tunplug.gateway.server.run_gateway`, around the tunnel's lifetime. One
 nftables table of its own (``inet tunplug_<interface>``) holds everything, so removing it on exit
 removes exactly what tunplug added, and a table left by a killed run is replaced at start.
+Forwarding is switched on for the run and put back on exit; the values to put back are kept in
+the state directory meanwhile, so that the run after a SIGKILL puts back those from before.
 
 What the rules do, for packets arriving from the tunnel interface:
 - to an allowed resource: forwarded, and masqueraded (source NAT to the gateway's address on
@@ -17,11 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from ipaddress import IPv4Network, IPv6Network
+from pathlib import Path
 
 from tunplug.exceptions import ConfigError, TunplugError
 
@@ -32,6 +36,8 @@ FORWARDING_SYSCTLS = (
     "/proc/sys/net/ipv4/ip_forward",
     "/proc/sys/net/ipv6/conf/all/forwarding",
 )
+#: In the gateway's state directory while forwarding is on: the values to put back on exit.
+FORWARDING_RECORD = "forwarding-restore.json"
 #: The counter that counts packets from clients to destinations that are not resources.
 DROP_COUNTER = "not_a_resource"
 
@@ -154,25 +160,105 @@ def dropped_packets(interface: str) -> int | None:
 
 
 @contextmanager
-def forwarding() -> Iterator[None]:
-    """IPv4 and IPv6 forwarding on (in this network namespace), restored on exit."""
-    restore: dict[str, str] = {}
+def forwarding(state_dir: Path) -> Iterator[None]:
+    """IPv4 and IPv6 forwarding on (in this network namespace), restored on exit.
+
+    What to restore is written to :data:`FORWARDING_RECORD` in ``state_dir`` before anything
+    changes, and removed once restored: after a SIGKILL, the next run finds it and restores the
+    values from before the killed run (not the ``1`` that run left) when it exits.
+    """
+    record = state_dir / FORWARDING_RECORD
+    restore = _left_by_killed_run(record)
+    owned = bool(restore)  # the record is ours to replace and delete (not a live gateway's)
     try:
+        turn_on = []
         for path in FORWARDING_SYSCTLS:
             try:
                 with open(path, encoding="ascii") as file:
                     old = file.read().strip()
-                if old != "1":
-                    with open(path, "w", encoding="ascii") as file:
-                        file.write("1")
-                    restore[path] = old
+            except OSError as exc:
+                raise FirewallError(f"cannot read {path}: {exc.strerror}") from None
+            if old != "1":
+                restore[path] = old
+                turn_on.append(path)
+        if restore:
+            _write_record(record, restore)
+            owned = True
+        for path in turn_on:
+            try:
+                with open(path, "w", encoding="ascii") as file:
+                    file.write("1")
             except OSError as exc:
                 raise FirewallError(f"cannot enable forwarding ({path}): {exc.strerror}") from None
         yield
     finally:
+        failed = False
         for path, value in restore.items():
             try:
                 with open(path, "w", encoding="ascii") as file:
                     file.write(value)
             except OSError as exc:
+                failed = True
                 log.error("could not restore %s to %s: %s", path, value, exc.strerror)
+        if owned and not failed:
+            record.unlink(missing_ok=True)
+
+
+def _where() -> dict[str, object]:
+    """This boot and network namespace: a record made elsewhere says nothing about here."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+            boot_id = file.read().strip()
+        netns = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return {}
+    return {"boot_id": boot_id, "netns": netns}
+
+
+def _left_by_killed_run(record: Path) -> dict[str, str]:
+    """The values a run that did not exit recorded to restore, or nothing."""
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+        pid, where, restore = int(data["pid"]), data["where"], dict(data["restore"])
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring damaged forwarding record %s: %s", record, exc)
+        return {}
+    if not where or where != _where() or _alive(pid):
+        return {}  # from before a reboot, another namespace, or a gateway still running
+    values = ", ".join(f"{_sysctl_name(path)}={value}" for path, value in restore.items())
+    log.warning(
+        "found forwarding left on by a run that was killed (pid %d): restoring %s on exit",
+        pid,
+        values,
+    )
+    return {str(path): str(value) for path, value in restore.items()}
+
+
+def _sysctl_name(path: str) -> str:
+    """``/proc/sys/net/ipv4/ip_forward`` -> ``net.ipv4.ip_forward``."""
+    return path.removeprefix("/proc/sys/").replace("/", ".")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+def _write_record(record: Path, restore: dict[str, str]) -> None:
+    data = {"pid": os.getpid(), "where": _where(), "restore": restore}
+    temporary = record.with_name(f".{record.name}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            json.dump(data, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, record)
+    except OSError as exc:
+        raise FirewallError(f"cannot write {record}: {exc.strerror}") from None

@@ -316,7 +316,7 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
         peer_name=state.peer_name,
     )
     with (
-        firewall.forwarding(),
+        firewall.forwarding(registry.state_dir),
         firewall.firewall(
             settings.interface, gateway.subnet_v4, gateway.subnet_v6, gateway.resources
         ),
