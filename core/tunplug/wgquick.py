@@ -98,6 +98,8 @@ class _Parser:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
             raise self.fail(key, f"cannot resolve {host!r}: {exc.strerror or exc}") from None
+        except ValueError:  # UnicodeError from IDNA (e.g. a label over 63), a NUL byte
+            raise self.fail(key, f"{host!r} is not a host name") from None
         # Prefer IPv4 like wg(8) does when a name has both.
         infos.sort(key=lambda info: info[0] != socket.AF_INET)
         return (str(infos[0][4][0]), port), value

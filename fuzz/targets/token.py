@@ -10,8 +10,8 @@ Input: the first byte picks the mode, the rest is the text.
 Contract: ``decode`` documents ``ConfigError`` only. The headless client and the tunnel service
 call ``to_config()`` right after and report a ``ConfigError`` from it as a bad token, so
 ``ConfigError`` is handled there too. A token that decodes must give the configuration it
-describes: one peer with the gateway's key, the client's key and addresses (nothing a field
-could inject into the wg-quick text).
+describes (endpoints resolved without DNS, see ``_offline``): one peer with the gateway's key,
+the client's key and addresses (nothing a field could inject into the wg-quick text).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import base64
 from tunplug import token
 from tunplug.exceptions import ConfigError
 from tunplug.wireguard.keys import parse_key
+
+from ._offline import no_name_lookups
 
 HANDLED: tuple[type[BaseException], ...] = (ConfigError,)
 
@@ -39,7 +41,8 @@ def test_one_input(data: bytes) -> None:
     text = wrap(body) if data[0] & 1 else body.decode("utf-8", "surrogateescape")
     try:
         client = token.decode(text, "fuzz")
-        config = client.to_config()
+        with no_name_lookups():
+            config = client.to_config()
     except HANDLED:
         return
     assert token.decode(token.encode(client)) == client

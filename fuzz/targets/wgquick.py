@@ -11,45 +11,12 @@ its own checks and the C resolver's argument checks, and nothing is looked up on
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 from tunplug import wgquick
 from tunplug.exceptions import ConfigError
 
+from ._offline import no_name_lookups
+
 HANDLED: tuple[type[BaseException], ...] = (ConfigError,)
-
-
-class _NumericOnlySocket:
-    """``socket`` as ``tunplug.wgquick`` sees it, but ``getaddrinfo`` never queries DNS."""
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-    @staticmethod
-    def getaddrinfo(
-        host: str | None,
-        port: int | str | None,
-        family: int = 0,
-        type: int = 0,
-        proto: int = 0,
-        flags: int = 0,
-    ) -> list[Any]:
-        return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
-
-
-@contextmanager
-def no_name_lookups() -> Iterator[None]:
-    """While inside, ``tunplug.wgquick`` resolves numeric addresses only."""
-    namespace = vars(wgquick)
-    real = namespace["socket"]
-    namespace["socket"] = _NumericOnlySocket()
-    try:
-        yield
-    finally:
-        namespace["socket"] = real
 
 
 def test_one_input(data: bytes) -> None:
