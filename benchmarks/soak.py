@@ -81,9 +81,11 @@ WARMUP_MAX_SECONDS = 120.0
 # Thresholds of the verdict; benchmarks/README.md says why each is what it is.
 #: RSS growth after the warm-up, from a least-squares line, in MB per 10 minutes.
 RSS_SLOPE_LIMIT_MB = 5.0
-#: Open descriptors and threads: the same at the end as at the end of the warm-up.
+#: Open descriptors and threads: the same at the end as at the end of the warm-up, each the
+#: lowest of COUNT_WINDOW consecutive samples.
 FD_CHANGE_LIMIT = 0
 THREAD_CHANGE_LIMIT = 0
+COUNT_WINDOW = 3
 #: Throughput of the 10 s intervals after the warm-up: coefficient of variation at most this,
 #: the slowest interval at least MIN_RATIO of the median, the last third's median at least
 #: TREND_RATIO of the first third's.
@@ -285,12 +287,16 @@ def _rss_check(name: str, measured: Sequence[Sample], side: Callable[[Sample], i
 def _count_check(
     name: str, what: str, limit: int, measured: Sequence[Sample], count: Callable[[Sample], int]
 ) -> Target:
+    """The lowest count of the first :data:`COUNT_WINDOW` samples after the warm-up against that
+    of the last ones: a leak keeps growing, while a worker thread or a file open for a moment
+    (anyio's worker threads live until 10 s idle) comes and goes."""
     title = f"{name} {what} change <= {limit} after warm-up"
     if len(measured) < 2:
         return Target(title, None, "fewer than 2 samples after the warm-up")
-    first, last = count(measured[0]), count(measured[-1])
+    first = min(count(sample) for sample in measured[:COUNT_WINDOW])
+    last = min(count(sample) for sample in measured[-COUNT_WINDOW:])
     seen = sorted({count(sample) for sample in measured})
-    detail = f"{first} -> {last} (seen {seen[0]}-{seen[-1]})"
+    detail = f"{first} -> {last} (lowest of {COUNT_WINDOW} samples; seen {seen[0]}-{seen[-1]})"
     return Target(title, abs(last - first) <= limit, detail)
 
 
