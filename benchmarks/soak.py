@@ -633,7 +633,14 @@ class Soak:
         steps = round(options.duration / options.interval)
         for number in range(1, steps + 1):
             time.sleep(max(0.0, started + number * options.interval - time.monotonic()))
-            samples.append(self.sample(started))
+            try:
+                samples.append(self.sample(started))
+            except RuntimeError as error:  # the gateway or the client exited: the verdict says so
+                self.log(f"{time.monotonic() - started:6.0f} s  {error}; sampling stopped")
+                for name in ("gateway", "client"):
+                    tail = (self.demo.workdir / f"{name}.log").read_text(errors="replace")
+                    self.log(f"--- the end of the {name}'s log\n{tail[-1500:]}")
+                break
             self.log(format_sample(samples[-2], samples[-1]))
         alive = all(process.poll() is None for process in self.demo.processes[:2])
         connections.send_signal(signal.SIGTERM)
