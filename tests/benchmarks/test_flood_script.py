@@ -41,7 +41,7 @@ def test_phases_skip_slow_start_and_partial_seconds_and_take_medians():
     assert run.during == 40  # seconds 5, 6, 7 -> 40, 0, 60
     assert run.during_min == 0
     assert run.after == 102  # seconds 11, 12
-    assert run.kept == pytest.approx(0.4)
+    assert run.kept == pytest.approx(40 / 101)
 
 
 def test_a_phase_without_whole_seconds_is_an_error():
