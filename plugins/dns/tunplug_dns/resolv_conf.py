@@ -197,6 +197,7 @@ class EtcResolvConf(DnsManager):
         self._backup.write(
             {
                 "format": 1,
+                "pid": os.getpid(),
                 "path": str(self.path),
                 "interface": settings.interface,
                 "marker": marker,
@@ -242,9 +243,11 @@ class EtcResolvConf(DnsManager):
             pass  # never replaced, or already put back before a crash: nothing to undo
         elif current.first_line() == marker or torn:
             if leftover:
+                # The pid finds the killed run in its own logs (older backups do not have it).
                 log.warning(
-                    "restoring resolver file %s left by a previous run that did not exit cleanly",
+                    "restoring resolver file %s left by a previous run that did not exit cleanly%s",
                     path,
+                    f" (pid {backup['pid']})" if "pid" in backup else "",
                 )
             self._put_back(path, original)
             log.info("restored %s", path)
