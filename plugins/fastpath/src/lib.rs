@@ -16,6 +16,8 @@
 //! touches the interpreter.
 
 pub mod checksum;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod io;
 pub mod offload;
 pub mod plane;
