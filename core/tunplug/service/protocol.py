@@ -302,6 +302,8 @@ def _parse_object(payload: bytes) -> dict[str, Any]:
         raise ProtocolError(ErrorCode.MALFORMED_MESSAGE, "message is not UTF-8") from None
     except ValueError as exc:
         raise ProtocolError(ErrorCode.MALFORMED_MESSAGE, f"message is not JSON: {exc}") from None
+    except RecursionError:  # e.g. 1,000 nested arrays: well within MAX_MESSAGE_SIZE
+        raise ProtocolError(ErrorCode.MALFORMED_MESSAGE, "message is nested too deeply") from None
     if not isinstance(data, dict):
         raise ProtocolError(ErrorCode.MALFORMED_MESSAGE, "message is not a JSON object")
     return data
