@@ -125,8 +125,11 @@ def test_a_killed_gateway_restarts_and_its_clients_recover_by_themselves(net):
     assert net.process.wait(10) == -signal.SIGKILL
     net.process = None
     assert all(first_reply_after(log, killed_at - 1) for log in logs), "no traffic before"
-    # What the kill left: a registry SQLite can open and check, and a stale firewall table.
+    # What the kill left: a registry SQLite can open and check, a stale firewall table and the
+    # record of forwarding's values from before; the kernel took the device.
     assert_registry_intact(net.state)
+    assert "tunplug_tpgw0" in net.gateway.run("nft", "list", "tables").stdout
+    assert (net.state / FORWARDING_RECORD).exists()
     assert "tpgw0" not in net.gateway.run("ip", "-o", "link").stdout
 
     net.start()
