@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from fuzz.targets import TARGETS, load
 from fuzz.targets.wgquick import HANDLED as WGQUICK_HANDLED
 
