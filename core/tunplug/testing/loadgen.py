@@ -106,6 +106,11 @@ class LoadPlan:
     timeout: float = 60.0
     #: The clients' REKEY_TIMEOUT: how long before an initiation is sent again.
     retry_after: float = 1.0
+    #: Seconds the clients stay up after the last echo, running their timers: past
+    #: KEEPALIVE_TIMEOUT (10 s) each has answered the gateway's last data with a keepalive, so
+    #: the gateway is left idle. With 0 they vanish at once, and the gateway starts handshakes
+    #: toward them 15 s later, as WireGuard does when data goes unanswered.
+    linger: float = 0.0
 
     def to_json(self) -> str:
         def b64(data: bytes | None) -> str | None:
@@ -121,6 +126,7 @@ class LoadPlan:
                 "rate": self.rate,
                 "timeout": self.timeout,
                 "retry_after": self.retry_after,
+                "linger": self.linger,
                 "clients": [
                     [b64(c.private_key), b64(c.preshared_key), c.tunnel_address, c.source]
                     for c in self.clients
@@ -149,6 +155,7 @@ class LoadPlan:
             rate=float(data["rate"]),
             timeout=float(data["timeout"]),
             retry_after=float(data["retry_after"]),
+            linger=float(data.get("linger", 0.0)),
         )
 
 
@@ -167,6 +174,8 @@ class LoadResult:
     peak_handshakes_per_second: int = 0
     initiations_sent: int = 0
     cookie_replies: int = 0
+    #: Echo requests sent again because no reply came within two retry times.
+    echoes_resent: int = 0
     #: How long building the N devices took (before the clock above starts).
     setup_seconds: float = 0.0
     #: Client drop counters summed (``WireGuardDevice.drops``), e.g. unexpected replies.
@@ -231,8 +240,8 @@ def _is_our_reply(client: _Client, packet: bytes, plan: LoadPlan, spec: ClientSp
 
 def run_load(plan: LoadPlan, crypto: CryptoBackend) -> LoadResult:
     """Connect every client of ``plan`` to the gateway and ping the resource through each;
-    returns when all got their echo or ``plan.timeout`` ran out. Needs the source addresses
-    to be local (run inside :class:`LoadTopology`'s load namespace)."""
+    returns ``plan.linger`` seconds after all got their echo, or when ``plan.timeout`` ran
+    out. The source addresses must be local (:class:`LoadTopology`'s load namespace)."""
     result = LoadResult(clients=len(plan.clients))
     began = time.monotonic()
     clients = _build_clients(plan, crypto)
@@ -242,6 +251,7 @@ def run_load(plan: LoadPlan, crypto: CryptoBackend) -> LoadResult:
     sources = [IPv4Address(spec.source).packed for spec in specs]
     endpoint = plan.gateway_endpoint
     timers: list[tuple[float, int]] = []
+    resend: list[tuple[float, int]] = []
     per_second: dict[int, int] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
@@ -269,10 +279,15 @@ def run_load(plan: LoadPlan, crypto: CryptoBackend) -> LoadResult:
         next_client = next(waiting, None)
         in_flight = 0
         started = 0
-        while result.echoed < len(clients):
+        done_at: float | None = None
+        while True:
             now = time.monotonic()
             elapsed = now - start
-            if elapsed > plan.timeout:
+            if done_at is None and result.echoed == len(clients):
+                done_at = now
+            if (done_at is not None and now - done_at >= plan.linger) or (
+                done_at is None and elapsed > plan.timeout
+            ):
                 break
             # Start clients as the window (and the rate) allow.
             allowed = len(clients) if plan.rate <= 0 else int(elapsed * plan.rate) + 1
@@ -284,6 +299,14 @@ def run_load(plan: LoadPlan, crypto: CryptoBackend) -> LoadResult:
                 in_flight += 1
                 started += 1
                 next_client = next(waiting, None)
+            # An echo (or its reply) lost on the way is sent again, as ping would.
+            while resend and resend[0][0] <= now:
+                _, index = heapq.heappop(resend)
+                client = clients[index]
+                if client.echoed is None:
+                    send(index, client.device.encrypt([client.echo], now).to_network)
+                    heapq.heappush(resend, (now + 2 * plan.retry_after, index))
+                    result.echoes_resent += 1
             # Timers that are due: retransmissions (the device knows when).
             while timers and timers[0][0] <= now:
                 _, index = heapq.heappop(timers)
@@ -327,6 +350,7 @@ def run_load(plan: LoadPlan, crypto: CryptoBackend) -> LoadResult:
                     result.connected += 1
                     second = int(now - start)
                     per_second[second] = per_second.get(second, 0) + 1
+                    heapq.heappush(resend, (now + 2 * plan.retry_after, client.index))
                 if output.to_network:
                     send(client.index, output.to_network)
                 for packet in output.to_tun:
@@ -507,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{result.echoed}/{result.clients} echoed, {result.connected} connected in "
         f"{result.all_connected} s ({result.handshakes_per_second:.0f}/s, peak "
         f"{result.peak_handshakes_per_second}/s), {result.initiations_sent} initiations, "
-        f"{result.cookie_replies} cookie replies",
+        f"{result.cookie_replies} cookie replies, {result.echoes_resent} echoes resent",
         file=sys.stderr,
     )
     return 0
