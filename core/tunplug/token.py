@@ -62,6 +62,16 @@ class ClientToken(BaseModel):
             parse_key(value)
         return value
 
+    @field_validator("endpoints", "dns_domains")
+    @classmethod
+    def _are_single_values(cls, value: list[str]) -> list[str]:
+        # They are written into wg-quick text (to_wg_quick): a line break would add lines
+        # (another Address, a second [Peer]), a comma another item, '#' a comment.
+        for item in value:
+            if item.splitlines() != [item] or "," in item or "#" in item:
+                raise ValueError(f"{item!r} is not one value (line break, ',' or '#')")
+        return value
+
     @field_validator("addresses")
     @classmethod
     def _are_interfaces(cls, value: list[str]) -> list[str]:
