@@ -143,7 +143,7 @@ def measure(setup: Setup, binaries: dict[EndpointKind, Path]) -> Run:
         flood_start = time.monotonic() - started
         flood = start_flood(
             topo.a.ns, (UNDERLAY["b"][0], topo.b.listen_port), message,
-            seconds=DURING, source=FLOODER,
+            seconds=DURING, sources=[FLOODER],
         )  # fmt: skip
         sent = flood_result(flood, timeout=DURING + 30)
         flood_end = time.monotonic() - started

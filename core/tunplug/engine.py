@@ -19,16 +19,18 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol, runtime_checkable
 
 import anyio
+import anyio.lowlevel
 
 from tunplug.pipeline import Pipeline
 from tunplug.transport import Datagram, DatagramTransport
 from tunplug.tun import Packet, Tun
+from tunplug.wireguard.flood import FloodFilter
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +64,18 @@ class Processor(Protocol):
 
 @runtime_checkable
 class ReportsFloods(Protocol):
-    """A processor that finds sources flooding it with handshakes
+    """A processor that finds handshake floods
     (:meth:`tunplug.wireguard.WireGuardDevice.handshake_floods`)."""
 
-    def handshake_floods(self, now: float) -> frozenset[bytes] | None: ...
-
-    @property
-    def flood_sample_one_in(self) -> int: ...
+    def handshake_floods(self, now: float) -> FloodFilter | None: ...
 
 
 @runtime_checkable
 class BlocksHandshakes(Protocol):
-    """A transport that can have the kernel drop some sources' handshake messages
+    """A transport that can have the kernel drop handshake messages
     (:meth:`tunplug.transport.UdpTransport.block_handshakes`)."""
 
-    def block_handshakes(self, sources: Collection[bytes], sample_one_in: int) -> bool: ...
+    def block_handshakes(self, policy: FloodFilter) -> bool: ...
 
 
 async def filter_handshake_floods(
@@ -84,37 +83,51 @@ async def filter_handshake_floods(
     transport: object,
     clock: Callable[[], float] = time.monotonic,
 ) -> None:
-    """Every FLOOD_CHECK_INTERVAL, hand the sources the processor finds flooding it to the
+    """Every FLOOD_CHECK_INTERVAL, hand what the processor finds of handshake floods to the
     transport's socket filter; runs until cancelled (both engines run it as a task). A new
-    processor (a reload) starts with no source blocked."""
+    processor (a reload) starts with nothing filtered."""
     if not isinstance(transport, BlocksHandshakes):
         return
-    blocked: frozenset[bytes] = frozenset()
+    current = FloodFilter()
     last: object = None
     while True:
         await anyio.sleep(FLOOD_CHECK_INTERVAL)
         processor = current_processor()
         if processor is not last:
             last = processor
-            if blocked:
-                transport.block_handshakes((), 1)
-                blocked = frozenset()
+            if current.active:
+                current = FloodFilter()
+                transport.block_handshakes(current)
         if not isinstance(processor, ReportsFloods):
             continue
         update = processor.handshake_floods(clock())
         if update is None:
             continue
-        for source in sorted(update - blocked):
+        log_flood_change(current, update)
+        transport.block_handshakes(update)
+        current = update
+
+
+def log_flood_change(before: FloodFilter, after: FloodFilter) -> None:
+    """One line per source blocked or unblocked, and per change of the spread-flood sample."""
+    for source in sorted(after.blocked - before.blocked):
+        log.warning(
+            "handshake flood from %s: its handshake messages are now dropped in the kernel "
+            "(one in %d still checked; its transport data still passes)",
+            describe_source(source),
+            after.sample_one_in,
+        )
+    for source in sorted(before.blocked - after.blocked):
+        log.info("handshake flood from %s is over: unblocked", describe_source(source))
+    if after.others_one_in != before.others_one_in:
+        if after.others_one_in > 1:
             log.warning(
-                "handshake flood from %s: its handshake messages are now dropped in the kernel "
-                "(one in %d still checked; its transport data still passes)",
-                describe_source(source),
-                processor.flood_sample_one_in,
+                "handshake flood from many sources: only one in %d handshake messages is "
+                "let through by the kernel (transport data still passes)",
+                after.others_one_in,
             )
-        for source in sorted(blocked - update):
-            log.info("handshake flood from %s is over: unblocked", describe_source(source))
-        transport.block_handshakes(update, processor.flood_sample_one_in)
-        blocked = update
+        else:
+            log.info("handshake flood from many sources is over: every handshake let through")
 
 
 def describe_source(source: bytes) -> str:
@@ -183,6 +196,7 @@ class TunnelEngine:
             output = self.processor.encrypt(packets, self.clock())
             await self._emit(output.to_network)
             self._deadline_may_have_moved()
+            await anyio.lowlevel.checkpoint()  # as in _inbound: others run under a steady load
 
     async def _inbound(self) -> None:
         tun, pipeline, stats = self.tun, self.pipeline, self.stats
@@ -203,6 +217,9 @@ class TunnelEngine:
                 tun.send(chunk)
                 stats.tun_packets_written += len(chunk)
             self._deadline_may_have_moved()
+            # While datagrams keep coming (a flood), none of the awaits above has to wait, so
+            # without this the timers and the flood filter would never run.
+            await anyio.lowlevel.checkpoint()
 
     async def _timers(self) -> None:
         last_stage_tick = -math.inf

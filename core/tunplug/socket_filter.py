@@ -15,11 +15,13 @@ offset 0, the IP header at ``SKF_NET_OFF``):
    blocked source's;
 2. anything else from a blocked source (IPv4 address, or IPv6 /64) passes with probability
    1/``sample_one_in`` (the kernel's random number), else is dropped;
-3. anything else passes.
+3. anything else passes with probability 1/``others_one_in`` (1: always; more only under a
+   flood spread over too many sources to block).
 
-With no blocked source no filter is attached at all. Facts: ``SO_ATTACH_FILTER`` (26),
-``SO_DETACH_FILTER`` (27), ``struct sock_filter``/``sock_fprog`` and the ``SKF_NET_OFF`` /
-``SKF_AD_RANDOM`` ancillary loads are from ``linux/filter.h`` and ``asm-generic/socket.h``.
+With no blocked source and ``others_one_in`` 1 no filter is attached at all. Facts:
+``SO_ATTACH_FILTER`` (26), ``SO_DETACH_FILTER`` (27), ``struct sock_filter``/``sock_fprog`` and
+the ``SKF_NET_OFF`` / ``SKF_AD_RANDOM`` ancillary loads are from ``linux/filter.h`` and
+``asm-generic/socket.h``.
 """
 
 from __future__ import annotations
@@ -57,7 +59,21 @@ def _insn(code: int, k: int = 0, jt: int = 0, jf: int = 0) -> _Insn:
     return (code, jt, jf, k & 0xFFFFFFFF)
 
 
-def guard_program(blocked: Collection[bytes], sample_one_in: int) -> list[_Insn]:
+def _sample(one_in: int) -> list[_Insn]:
+    """Pass one in ``one_in`` at random (the kernel's prandom), drop the rest."""
+    if one_in <= 1:
+        return [_insn(_RET_K, _ACCEPT)]
+    return [
+        _insn(_LD_W_ABS, _SKF_AD_RANDOM),
+        _insn(_JGE_K, max(1, (1 << 32) // one_in), jt=0, jf=1),
+        _insn(_RET_K, _DROP),
+        _insn(_RET_K, _ACCEPT),
+    ]
+
+
+def guard_program(
+    blocked: Collection[bytes], sample_one_in: int, others_one_in: int = 1
+) -> list[_Insn]:
     """The filter's instructions as ``(code, jt, jf, k)``. ``blocked`` holds 4-byte IPv4
     addresses and 8-byte IPv6 prefixes (/64).
 
@@ -75,10 +91,13 @@ def guard_program(blocked: Collection[bytes], sample_one_in: int) -> list[_Insn]
         _insn(_RSH_K, 4),
         _insn(_JEQ_K, 6, jt=0, jf=1),
     ]
+    # Every source comparison that matches jumps to ``blocked``; no match jumps to ``others``.
+    # Placeholders: "ja" with k=-1 (blocked) and k=-2 (others), resolved below.
+    to_blocked, to_others = _insn(_JA, -1), _insn(_JA, -2)
     ipv4 = [_insn(_LD_W_ABS, _SKF_NET_OFF + 12)]  # source address
     for source in v4:
-        ipv4 += [_insn(_JEQ_K, int.from_bytes(source, "big"), jt=0, jf=1), _insn(_JA)]
-    ipv4.append(_insn(_RET_K, _ACCEPT))
+        ipv4 += [_insn(_JEQ_K, int.from_bytes(source, "big"), jt=0, jf=1), to_blocked]
+    ipv4.append(to_others)
     ipv6: list[_Insn] = []
     for source in v6:
         ipv6 += [
@@ -86,22 +105,18 @@ def guard_program(blocked: Collection[bytes], sample_one_in: int) -> list[_Insn]
             _insn(_JEQ_K, int.from_bytes(source[:4], "big"), jt=0, jf=3),
             _insn(_LD_W_ABS, _SKF_NET_OFF + 12),
             _insn(_JEQ_K, int.from_bytes(source[4:], "big"), jt=0, jf=1),
-            _insn(_JA),
+            to_blocked,
         ]
-    ipv6.append(_insn(_RET_K, _ACCEPT))
-    threshold = max(1, (1 << 32) // max(1, sample_one_in))
-    sample = [
-        _insn(_LD_W_ABS, _SKF_AD_RANDOM),
-        _insn(_JGE_K, threshold, jt=0, jf=1),
-        _insn(_RET_K, _DROP),
-        _insn(_RET_K, _ACCEPT),
-    ]
-    # The jump to the IPv6 part, then the two address parts; every "ja" goes to ``sample``.
-    program = [*head, _insn(_JA, len(ipv4)), *ipv4, *ipv6, *sample]
-    sample_at = len(program) - len(sample)
-    for index, (code, _, _, k) in enumerate(program):
-        if code == _JA and k == 0 and index > len(head):
-            program[index] = _insn(_JA, sample_at - index - 1)
+    ipv6.append(to_others)
+    program = [*head, _insn(_JA, len(ipv4)), *ipv4, *ipv6]
+    blocked_at = len(program)
+    program += _sample(sample_one_in)
+    others_at = len(program)
+    program += _sample(others_one_in)
+    targets = {to_blocked: blocked_at, to_others: others_at}
+    for index, insn in enumerate(program):
+        if index > len(head) and insn in targets:
+            program[index] = _insn(_JA, targets[insn] - index - 1)
     if len(program) > MAX_INSTRUCTIONS:
         raise ValueError(f"socket filter of {len(program)} instructions (at most 4096)")
     return program

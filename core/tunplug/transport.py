@@ -13,9 +13,9 @@ import platform
 import socket
 import sys
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import anyio
 from anyio.abc import AsyncResource
@@ -34,6 +34,9 @@ from tunplug.udp_offload import (
     segment_control,
     split_segments,
 )
+
+if TYPE_CHECKING:
+    from tunplug.wireguard.flood import FloodFilter
 
 log = logging.getLogger(__name__)
 
@@ -159,22 +162,24 @@ class UdpTransport(DatagramTransport):
         transport's place (it stays owned, and closed, by this transport)."""
         return self._sock.fileno()
 
-    def block_handshakes(self, sources: Collection[bytes], sample_one_in: int) -> bool:
-        """Have the kernel drop handshake and cookie messages from ``sources`` (IPv4 addresses
-        as 4 bytes, IPv6 /64 prefixes as 8) but one in ``sample_one_in``; transport data still
-        passes. An empty ``sources`` removes the filter. Returns False where socket filters
-        are not available (not Linux, or the kernel refused): nothing is filtered then.
+    def block_handshakes(self, policy: FloodFilter) -> bool:
+        """Have the kernel drop handshake and cookie messages as ``policy`` says (the blocked
+        sources' but a sample, and under a spread flood a share of everyone's); transport data
+        always passes. An inactive policy removes the filter. Returns False where socket
+        filters are not available (not Linux, or the kernel refused): nothing is filtered then.
         See :mod:`tunplug.socket_filter`."""
         if not sys.platform.startswith("linux") or self._closed:
             return False
         try:
-            if sources:
-                program = socket_filter.guard_program(sources, sample_one_in)
+            if policy.active:
+                program = socket_filter.guard_program(
+                    policy.blocked, policy.sample_one_in, policy.others_one_in
+                )
                 socket_filter.attach(self._sock, program)
             else:
                 socket_filter.detach(self._sock)
         except (OSError, ValueError) as exc:
-            log.warning("could not filter flooding sources in the kernel: %s", exc)
+            log.warning("could not filter handshake floods in the kernel: %s", exc)
             return False
         return True
 

@@ -11,6 +11,7 @@ from tunplug.events import TunnelInfo
 from tunplug.testing.network import MemoryNetwork
 from tunplug.testing.packets import icmp_echo, parse, udp
 from tunplug.testing.tunnel import open_tunnel_pair
+from tunplug.wireguard.flood import FloodFilter
 from tunplug_crypto_cryptography.backend import CryptographyBackend
 
 pytestmark = pytest.mark.anyio
@@ -160,24 +161,22 @@ async def test_a_full_device_pushes_back_instead_of_buffering():
 
 
 class _FloodingProcessor:
-    """Reports a new set of flooding sources at each call, from a script."""
+    """Reports a new flood filter at each call, from a script."""
 
-    flood_sample_one_in = 256
-
-    def __init__(self, script: list[frozenset[bytes] | None]) -> None:
+    def __init__(self, script: list[FloodFilter | None]) -> None:
         self.script = script
 
-    def handshake_floods(self, now: float) -> frozenset[bytes] | None:
+    def handshake_floods(self, now: float) -> FloodFilter | None:
         return self.script.pop(0) if self.script else None
 
 
 class _FilteringTransport:
     def __init__(self) -> None:
-        self.calls: list[tuple[frozenset[bytes], int]] = []
+        self.calls: list[FloodFilter] = []
         self.called = anyio.Event()
 
-    def block_handshakes(self, sources, sample_one_in):
-        self.calls.append((frozenset(sources), sample_one_in))
+    def block_handshakes(self, policy):
+        self.calls.append(policy)
         self.called.set()
         return True
 
@@ -193,8 +192,8 @@ async def test_flooding_sources_reach_the_transport_filter_and_a_reload_clears_i
     import tunplug.engine as engine
 
     monkeypatch.setattr(engine, "FLOOD_CHECK_INTERVAL", 0.01)
-    first = _FloodingProcessor([frozenset({b"\xc0\x00\x02\x09"})])
-    second = _FloodingProcessor([frozenset({bytes(8)})])
+    first = _FloodingProcessor([FloodFilter(frozenset({b"\xc0\x00\x02\x09"}))])
+    second = _FloodingProcessor([FloodFilter(frozenset({bytes(8)}), others_one_in=16)])
     transport, current = _FilteringTransport(), [first]
     with anyio.move_on_after(0.2):
         async with anyio.create_task_group() as tasks:
@@ -204,9 +203,10 @@ async def test_flooding_sources_reach_the_transport_filter_and_a_reload_clears_i
             await transport.wait_for_calls(3)
             tasks.cancel_scope.cancel()
     assert transport.calls == [
-        (frozenset({b"\xc0\x00\x02\x09"}), 256),
-        (frozenset(), 1),
-        (frozenset({bytes(8)}), 256),
+        FloodFilter(frozenset({b"\xc0\x00\x02\x09"})),
+        FloodFilter(),
+        FloodFilter(frozenset({bytes(8)}), others_one_in=16),
     ]
     assert "handshake flood from 192.0.2.9" in caplog.text
     assert "handshake flood from ::/64" in caplog.text
+    assert "only one in 16 handshake messages is let through" in caplog.text

@@ -13,6 +13,7 @@ import pytest
 
 from tunplug import socket_filter
 from tunplug.transport import UdpTransport
+from tunplug.wireguard.flood import FloodFilter
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux filters")
 
@@ -58,31 +59,42 @@ def send_all(receiver: UdpTransport, host: str, *messages: bytes) -> None:
 
 def test_a_blocked_ipv4_source_loses_its_handshakes_but_not_its_data(receiver):
     sock = receiver._sock
-    assert receiver.block_handshakes({IPv4Address("127.0.0.2").packed}, NEVER)
+    blocked = frozenset({IPv4Address("127.0.0.2").packed})
+    assert receiver.block_handshakes(FloodFilter(blocked, NEVER))
     send_all(receiver, "127.0.0.2", HANDSHAKE, COOKIE, TRANSPORT)
     send_all(receiver, "127.0.0.3", HANDSHAKE, TRANSPORT)
     got = drain(sock)
     assert sorted(got) == sorted(
         [(TRANSPORT, "127.0.0.2"), (HANDSHAKE, "127.0.0.3"), (TRANSPORT, "127.0.0.3")]
     )
-    assert receiver.block_handshakes((), NEVER)  # unblocked: everything passes again
+    assert receiver.block_handshakes(FloodFilter())  # unblocked: everything passes again
     send_all(receiver, "127.0.0.2", HANDSHAKE)
     assert drain(sock) == [(HANDSHAKE, "127.0.0.2")]
 
 
 def test_an_ipv6_source_is_blocked_by_its_64(receiver):
     prefix = IPv6Address("::1").packed[:8]
-    assert receiver.block_handshakes({prefix, IPv4Address("127.0.0.9").packed}, NEVER)
+    assert receiver.block_handshakes(
+        FloodFilter(frozenset({prefix, IPv4Address("127.0.0.9").packed}), NEVER)
+    )
     send_all(receiver, "::1", HANDSHAKE, TRANSPORT)
     send_all(receiver, "127.0.0.1", HANDSHAKE)  # IPv4 on the same socket: not blocked
     assert sorted(drain(receiver._sock)) == sorted([(TRANSPORT, "::1"), (HANDSHAKE, "127.0.0.1")])
 
 
 def test_one_in_n_of_a_blocked_sources_handshakes_still_arrives(receiver):
-    assert receiver.block_handshakes({IPv4Address("127.0.0.2").packed}, 4)
+    assert receiver.block_handshakes(FloodFilter(frozenset({IPv4Address("127.0.0.2").packed}), 4))
     send_all(receiver, "127.0.0.2", *[HANDSHAKE] * 400)
     arrived = len(drain(receiver._sock))
     assert 40 < arrived < 200  # binomial(400, 1/4): mean 100, sd 8.7
+
+
+def test_under_a_spread_flood_everyones_handshakes_are_sampled_but_data_passes(receiver):
+    assert receiver.block_handshakes(FloodFilter(others_one_in=4))
+    send_all(receiver, "127.0.0.5", *[HANDSHAKE] * 400, *[TRANSPORT] * 50)
+    got = drain(receiver._sock)
+    assert sum(data == TRANSPORT for data, _ in got) == 50
+    assert 40 < sum(data == HANDSHAKE for data, _ in got) < 200
 
 
 def test_the_program_refuses_bad_sources_and_grows_within_the_kernel_limit():

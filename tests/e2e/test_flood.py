@@ -15,7 +15,13 @@ import time
 
 import pytest
 
-from tunplug.testing.flood import flood_result, start_flood, valid_initiation
+from tunplug.testing.flood import (
+    add_sources,
+    flood_result,
+    many_sources,
+    start_flood,
+    valid_initiation,
+)
 from tunplug.testing.interop import UNDERLAY, TunplugEndpoint, topology
 from tunplug.wireguard.keys import parse_key
 
@@ -48,7 +54,7 @@ def test_a_one_source_handshake_flood_is_blocked_and_the_tunnel_keeps_working():
         message = valid_initiation(parse_key(b.keys.public))
         flood = start_flood(
             a.ns, (UNDERLAY["b"][0], b.listen_port), message,
-            seconds=FLOOD_SECONDS, source=FLOODER,
+            seconds=FLOOD_SECONDS, sources=[FLOODER],
         )  # fmt: skip
         try:
             wait_for_log(b, f"handshake flood from {FLOODER}", timeout=8.0)
@@ -75,3 +81,32 @@ def test_a_one_source_handshake_flood_is_blocked_and_the_tunnel_keeps_working():
         drops = re.search(r"dropped: (.*)", b.log())
         assert drops is not None and "rate-limited" in drops.group(1), b.log()[-2000:]
         assert "cookie-reply-sent" in drops.group(1), b.log()[-2000:]
+
+
+def test_a_flood_from_a_thousand_sources_is_sampled_and_the_tunnel_keeps_working():
+    """Spread over 1,000 addresses, no source goes far over its own rate: the endpoint lets
+    only a sample of everyone's handshakes through the kernel, and data keeps flowing."""
+    with topology("tunplug", "tunplug") as topo:
+        a, b = topo.a, topo.b
+        assert isinstance(a, TunplugEndpoint) and isinstance(b, TunplugEndpoint)
+        topo.connect(initiator="a")
+        assert received(topo.ping("a", b.tunnel_v4, count=1).stdout) == 1
+        sources = many_sources(1000)
+        add_sources(a.ns, "veth-a", sources, b.ns, "veth-b")
+        message = valid_initiation(parse_key(b.keys.public))
+        flood = start_flood(
+            a.ns, (UNDERLAY["b"][0], b.listen_port), message, seconds=15.0, sources=sources
+        )
+        try:
+            wait_for_log(b, "handshake flood from many sources: only one in", timeout=8.0)
+            pings = topo.ping("a", b.tunnel_v4, count=20, interval=0.1)
+            assert received(pings.stdout) >= 18, pings.stdout
+            report = topo.iperf3(client="a", seconds=2)
+            assert report["end"]["sum_received"]["bytes"] > 0
+            result = flood_result(flood, timeout=45)
+        finally:
+            if flood.poll() is None:
+                flood.kill()
+                flood.wait()
+        assert result["sent"] / result["seconds"] > 10_000, result
+        wait_for_log(b, "handshake flood from many sources is over", timeout=10.0)

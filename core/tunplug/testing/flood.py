@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Sequence
 from typing import Any
 
 from tunplug.testing.netns import NetNS, python_in_ns
@@ -22,25 +23,32 @@ from tunplug.wireguard.constants import MESSAGE_INITIATION
 MAX_DATAGRAMS = 50_000_000
 
 _SENDER = """
-import json, socket, sys, time
+import itertools, json, socket, struct, sys, time
 message, host, port = bytes.fromhex(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-seconds, source, limit = float(sys.argv[4]), sys.argv[5], int(sys.argv[6])
-family = socket.AF_INET6 if ":" in host else socket.AF_INET
-sock = socket.socket(family, socket.SOCK_DGRAM)
-if source:
-    sock.bind((source, 0))
+seconds, limit, sources = float(sys.argv[4]), int(sys.argv[5]), sys.argv[6:]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setblocking(False)
-send, target, sent = sock.sendto, (host, port), 0
+target = (host, port)
+if len(sources) == 1:
+    sock.bind((sources[0], 0))
+if len(sources) > 1:  # each datagram's source address chosen with IP_PKTINFO
+    info = [struct.pack("i4s4s", 0, socket.inet_aton(a), bytes(4)) for a in sources]
+    pktinfo = getattr(socket, "IP_PKTINFO", 8)  # linux/in.h; Python < 3.12 lacks the name
+    controls = [[(socket.IPPROTO_IP, pktinfo, i)] for i in info]
+    sends = [lambda c=c: sock.sendmsg([message], c, 0, target) for c in controls]
+else:
+    sends = [lambda: sock.sendto(message, target)]
+sent = 0
 start = time.monotonic()
 end = start + seconds
-while sent < limit:
-    for _ in range(256):
+for turn, send in enumerate(itertools.cycle(sends)):
+    for _ in range(16):
         try:
-            send(message, target)
+            send()
             sent += 1
         except (BlockingIOError, ConnectionRefusedError):
             pass
-    if time.monotonic() >= end:
+    if sent >= limit or (turn % 64 == 0 and time.monotonic() >= end):
         break
 print(json.dumps({"sent": sent, "seconds": time.monotonic() - start}), flush=True)
 """
@@ -67,11 +75,13 @@ def start_flood(
     message: bytes,
     *,
     seconds: float,
-    source: str | None = None,
+    sources: Sequence[str] = (),
     max_datagrams: int = MAX_DATAGRAMS,
 ) -> subprocess.Popen[Any]:
-    """Start resending ``message`` to ``target`` from ``ns`` (bound to ``source`` if given)
-    for ``seconds``; :func:`flood_result` reads what it sent."""
+    """Start resending ``message`` to ``target`` (IPv4) from ``ns`` for ``seconds``, 16 at a time
+    from each of ``sources`` in turn (IPv4 addresses of ``ns``, chosen per datagram with
+    ``IP_PKTINFO``; none: the system picks one); :func:`flood_result` reads what it sent.
+    :func:`add_sources` gives ``ns`` many addresses for a flood from many sources."""
     return python_in_ns(
         ns,
         _SENDER,
@@ -79,8 +89,8 @@ def start_flood(
         target[0],
         str(target[1]),
         str(seconds),
-        source or "",
         str(max_datagrams),
+        *sources,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -93,3 +103,20 @@ def flood_result(process: subprocess.Popen[Any], timeout: float) -> dict[str, fl
         raise RuntimeError(f"the flood failed: {err.decode(errors='replace').strip()[-500:]}")
     result: dict[str, float] = json.loads(out)
     return result
+
+
+def many_sources(count: int) -> list[str]:
+    """``count`` addresses in 10.204.0.0/16 for :func:`add_sources`."""
+    if not 0 < count <= 250 * 256:
+        raise ValueError("between 1 and 64,000 sources")
+    return [f"10.204.{i // 250}.{i % 250 + 1}" for i in range(count)]
+
+
+def add_sources(
+    ns: NetNS, device: str, sources: Sequence[str], peer: NetNS, peer_device: str
+) -> None:
+    """Put ``sources`` (from :func:`many_sources`) on ``device`` in ``ns`` and route them back
+    from ``peer`` through ``peer_device`` (replies such as cookie replies must reach them)."""
+    batch = "".join(f"addr add {address}/16 dev {device}\n" for address in sources)
+    ns.run("ip", "-batch", "-", input=batch, timeout=120)
+    peer.run("ip", "route", "replace", "10.204.0.0/16", "dev", peer_device)

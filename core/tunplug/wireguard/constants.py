@@ -53,6 +53,13 @@ FLOOD_SAMPLE_ONE_IN: Final = 256
 #: Sources blocked at once at most (the worst offenders); a filter of this size stays far below
 #: the kernel's 4096 instructions.
 FLOOD_MAX_BLOCKED: Final = 256
+#: Handshake messages per second (from sources not blocked) from which the flood counts as
+#: spread over too many sources to block one by one (spoofed addresses): the filter then lets
+#: only a random sample of everyone's handshake messages through, about
+#: SPREAD_FLOOD_ADMITTED_PER_SECOND of them. Far above what clients need: 10,000 clients
+#: rekeying every two minutes send about 85 a second.
+SPREAD_FLOOD_PER_SECOND: Final = 4000
+SPREAD_FLOOD_ADMITTED_PER_SECOND: Final = 1000
 #: Handshake messages in one second from which the device counts as under load (wireguard-go:
 #: a queue of QueueHandshakeSize / 8 = 128 waiting handshakes).
 UNDER_LOAD_THRESHOLD: Final = 128

@@ -44,7 +44,7 @@ from tunplug.wireguard.constants import (
     UNDER_LOAD_THRESHOLD,
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
-from tunplug.wireguard.flood import FloodGuard
+from tunplug.wireguard.flood import FloodFilter, FloodGuard
 from tunplug.wireguard.messages import (
     COOKIE_REPLY,
     FIXED_SIZES,
@@ -184,6 +184,7 @@ class WireGuardDevice:
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
         self._flood = FloodGuard()
+        self._handshakes_seen = 0
         self._last_collect = float("-inf")
         #: Why packets were dropped, by reason; never reset by the device.
         self.drops: collections.Counter[str] = collections.Counter()
@@ -465,7 +466,9 @@ class WireGuardDevice:
                 self._handle_cookie_reply(data, now)
                 continue
             if under_load is None:
-                under_load = self._load.observe(_count_handshakes(datagrams), now)
+                handshakes = _count_handshakes(datagrams)
+                self._handshakes_seen += handshakes
+                under_load = self._load.observe(handshakes, now)
             if not self._admit_handshake(data, endpoint, under_load, now, out):
                 continue
             if kind == MESSAGE_INITIATION:
@@ -815,17 +818,13 @@ class WireGuardDevice:
         return out
 
     # -- timers -----------------------------------------------------------------------------
-    def handshake_floods(self, now: float) -> frozenset[bytes] | None:
-        """Sources flooding us with handshakes (IPv4 addresses, IPv6 /64s), when that set
-        changed since the last call, else None. The engine calls it about once a second and
-        has the transport drop their handshake messages in the kernel; see
-        :mod:`tunplug.wireguard.flood`."""
-        return self._flood.update(self._limiter.take_refusals(), now)
-
-    @property
-    def flood_sample_one_in(self) -> int:
-        """One in this many handshake messages of a blocked source still reaches the device."""
-        return self._flood.sample_one_in
+    def handshake_floods(self, now: float) -> FloodFilter | None:
+        """What the socket filter should drop of the handshake messages (sources flooding us,
+        a sample of everyone's under a flood from too many sources), when that changed since
+        the last call, else None. The engine calls it about once a second and hands it to the
+        transport; see :mod:`tunplug.wireguard.flood`."""
+        seen, self._handshakes_seen = self._handshakes_seen, 0
+        return self._flood.update(self._limiter.take_refusals(), seen, now)
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must run next (``now`` scale), or ``None`` if no timer is armed.
