@@ -10,7 +10,10 @@ stream a->b through the tunnel for BEFORE + DURING + AFTER seconds. After BEFORE
 process in namespace a, bound to an extra address of its own (so that the per-source limits
 see an attacker, not the tunnel's peer), resends one handshake initiation with a **valid mac1**
 for b's public key (anyone who knows the key can make one; ``tunplug.testing.flood``) to b's
-listening port as fast as it can, for DURING seconds. iperf3's one-second intervals give the
+listening port as fast as it can, for DURING seconds; with ``--sources 1000`` (also measured by
+default) the same flood comes from 1,000 addresses of namespace a in turn, so that no single
+source goes far over its own rate (a flood from spoofed addresses, as far as the per-source
+defences can tell). iperf3's one-second intervals give the
 throughput before, during and after the flood; "kept" is during / before. Pairs are measured
 interleaved, ``--runs`` times, and the table gives medians; every share is compared with
 Debian 13's wireguard-go measured in the same run.
@@ -51,7 +54,13 @@ from throughput import (
 )
 from wggo import FetchError, default_cache_dir
 
-from tunplug.testing.flood import flood_result, start_flood, valid_initiation
+from tunplug.testing.flood import (
+    add_sources,
+    flood_result,
+    many_sources,
+    start_flood,
+    valid_initiation,
+)
 from tunplug.testing.interop import UNDERLAY, topology
 from tunplug.wireguard.keys import parse_key
 
@@ -61,6 +70,7 @@ BEFORE, DURING, AFTER = 8.0, 14.0, 8.0
 WARMUP, SETTLE = 2.0, 2.0
 FLOODER = "10.201.0.3"
 FLOOD_PAIRS = ("wggo13-wggo13", "wggo12-wggo12", "native-native", "python-python")
+SOURCES = (1, 1000)
 
 
 @dataclass(slots=True)
@@ -81,6 +91,7 @@ class Run:
 @dataclass(slots=True)
 class Row:
     pair: str
+    sources: int = 1
     runs: list[Run] = field(default_factory=list)
     failures: int = 0
 
@@ -115,7 +126,7 @@ def phases(intervals: Sequence[dict[str, Any]], flood_start: float, flood_end: f
     )
 
 
-def measure(setup: Setup, binaries: dict[EndpointKind, Path]) -> Run:
+def measure(setup: Setup, binaries: dict[EndpointKind, Path], sources: int) -> Run:
     wggo = setup.wggo_kind
     with topology(
         *setup.interop_kinds,
@@ -125,7 +136,12 @@ def measure(setup: Setup, binaries: dict[EndpointKind, Path]) -> Run:
         topo.connect(initiator="a")
         if "1 received" not in topo.ping("a", topo.b.tunnel_v4, count=1).stdout:
             raise RuntimeError("no handshake: ping through the tunnel failed")
-        topo.a.ns.run("ip", "addr", "add", f"{FLOODER}/24", "dev", "veth-a")
+        if sources == 1:
+            addresses = [FLOODER]
+            topo.a.ns.run("ip", "addr", "add", f"{FLOODER}/24", "dev", "veth-a")
+        else:
+            addresses = many_sources(sources)
+            add_sources(topo.a.ns, "veth-a", addresses, topo.b.ns, "veth-b")
         message = valid_initiation(parse_key(topo.b.keys.public))
         report: dict[str, Any] = {}
         failure: list[BaseException] = []
@@ -143,7 +159,7 @@ def measure(setup: Setup, binaries: dict[EndpointKind, Path]) -> Run:
         flood_start = time.monotonic() - started
         flood = start_flood(
             topo.a.ns, (UNDERLAY["b"][0], topo.b.listen_port), message,
-            seconds=DURING, sources=[FLOODER],
+            seconds=DURING, sources=addresses,
         )  # fmt: skip
         sent = flood_result(flood, timeout=DURING + 30)
         flood_end = time.monotonic() - started
@@ -157,24 +173,31 @@ def measure(setup: Setup, binaries: dict[EndpointKind, Path]) -> Run:
 
 def run_benchmark(
     setups: Sequence[Setup],
+    sources: Sequence[int],
     runs: int,
     binaries: dict[EndpointKind, Path],
     log: Callable[..., None] = print,
 ) -> list[Row]:
-    rows = {setup.pair: Row(setup.pair) for setup in setups}
+    rows = {(s.pair, n): Row(s.pair, n) for n in sources for s in setups}
     for number in range(1, runs + 1):
-        for setup in setups:
-            log(f"run {number}/{runs}  {PAIR_LABELS[setup.pair]:<36}", end="")
+        for (pair, count), row in rows.items():
+            setup = next(s for s in setups if s.pair == pair)
+            log(f"run {number}/{runs}  {row_label(row):<52}", end="")
             wait_for_quiet(set(), log)
             try:
-                run = measure(setup, binaries)
+                run = measure(setup, binaries, count)
             except (RuntimeError, OSError, ValueError) as error:
-                rows[setup.pair].failures += 1
+                row.failures += 1
                 log(f" FAILED: {error}"[:2000])
                 continue
-            rows[setup.pair].runs.append(run)
+            row.runs.append(run)
             log(f" {format_run(run)}")
     return list(rows.values())
+
+
+def row_label(row: Row) -> str:
+    what = "1 source" if row.sources == 1 else f"{row.sources} sources"
+    return f"{PAIR_LABELS[row.pair]}, {what}"
 
 
 def format_run(run: Run) -> str:
@@ -202,17 +225,21 @@ def _num(value: float | None, spec: str = ".0f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _anchor_kept(rows: Sequence[Row], sources: int) -> float | None:
+    anchor = next((r for r in rows if r.pair == ANCHOR and r.sources == sources), None)
+    return anchor.median("kept") if anchor else None
+
+
 def table_rows(rows: Sequence[Row]) -> list[list[str]]:
-    anchor = next((row for row in rows if row.pair == ANCHOR), None)
-    anchor_kept = anchor.median("kept") if anchor else None
     out = []
     for row in rows:
+        anchor_kept = _anchor_kept(rows, row.sources)
         kept = row.median("kept")
         versus = kept / anchor_kept if kept is not None and anchor_kept else None
         flood = row.median("flood_per_second")
         out.append(
             [
-                PAIR_LABELS[row.pair],
+                row_label(row),
                 _num(row.median("before")),
                 _num(row.median("during")),
                 _num(row.median("during_min")),
@@ -229,17 +256,16 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
 def verdicts(rows: Sequence[Row]) -> list[str]:
     """The issue's targets: every tunplug pair keeps at least wireguard-go 13's share, and no
     second of any run drops to zero."""
-    anchor = next((row for row in rows if row.pair == ANCHOR), None)
-    anchor_kept = anchor.median("kept") if anchor else None
     lines = []
     for row in rows:
+        anchor_kept = _anchor_kept(rows, row.sources)
         if row.pair not in ("native-native", "python-python") or not row.runs:
             continue
         kept = row.median("kept") or 0.0
         floor = min(run.during_min for run in row.runs)
         share_ok = anchor_kept is not None and kept >= anchor_kept
         lines.append(
-            f"{'PASS' if share_ok and floor > 0 else 'FAIL'} {PAIR_LABELS[row.pair]}: keeps "
+            f"{'PASS' if share_ok and floor > 0 else 'FAIL'} {row_label(row)}: keeps "
             f"{kept:.0%} (wggo13 {_num(anchor_kept, '.0%')}), lowest second {floor:.0f} Mbit/s"
         )
     return lines
@@ -254,7 +280,8 @@ def render_markdown(rows: Sequence[Row], facts: dict[str, str], runs: int) -> st
         "",
         f"One iperf3 stream a->b for {BEFORE + DURING + AFTER:g} s; from second {BEFORE:g}, "
         f"for {DURING:g} s, one process floods b with a valid-mac1 initiation from its own "
-        f"address. Medians of {runs} interleaved runs (per-second intervals inside each run).",
+        f"address (or from 1,000 addresses in turn). Medians of {runs} interleaved runs "
+        "(per-second intervals inside each run).",
         "",
         render_markdown_table(HEADER, table_rows(rows)),
         "",
@@ -283,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         f"{ANCHOR} is always measured",
     )  # fmt: skip
     parser.add_argument(
+        "--sources", action="append", type=int, metavar="N",
+        help="flood from N source addresses (repeatable; default: 1 and 1000)",
+    )  # fmt: skip
+    parser.add_argument(
         "--wggo-cache", type=Path, metavar="DIR",
         help=f"where Debian 13's wireguard-go is kept (default ~/.cache/tunplug/"
         f"{default_cache_dir().name})",
@@ -296,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    sources = tuple(args.sources or SOURCES)
+    if any(not 1 <= count <= 64_000 for count in sources):
+        parser.error("--sources must be between 1 and 64000")
     pairs = [ANCHOR, *(pair for pair in args.only if pair != ANCHOR)] if args.only else FLOOD_PAIRS
     setups = [Setup(pair, ()) for pair in FLOOD_PAIRS if pair in pairs]
     problem = _preflight(setups)
@@ -309,13 +343,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    minutes = len(setups) * args.runs * (BEFORE + DURING + AFTER + 6) / 60
-    print(f"{len(setups)} pairs x {args.runs} runs: about {minutes:.0f} min", flush=True)
+    minutes = len(setups) * len(sources) * args.runs * (BEFORE + DURING + AFTER + 6) / 60
+    print(
+        f"{len(setups)} pairs x {len(sources)} floods x {args.runs} runs: about {minutes:.0f} min",
+        flush=True,
+    )
     try:
         with exclusive_lock():
             facts = machine_facts(builds)
             rows = run_benchmark(
                 setups,
+                sources,
                 args.runs,
                 {kind: build.binary for kind, build in builds.items()},
                 partial(print, flush=True),

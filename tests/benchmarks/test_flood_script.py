@@ -49,8 +49,8 @@ def test_a_phase_without_whole_seconds_is_an_error():
         flood.phases(intervals([100] * 5), flood_start=4.5, flood_end=10.0)
 
 
-def row(pair, *runs):
-    return flood.Row(pair, [flood.Run(b, d, m, a, 100_000.0) for b, d, m, a in runs])
+def row(pair, *runs, sources=1):
+    return flood.Row(pair, sources, [flood.Run(b, d, m, a, 100_000.0) for b, d, m, a in runs])
 
 
 def test_shares_are_compared_with_wireguard_go_13_of_the_same_run_and_judged():
@@ -64,8 +64,19 @@ def test_shares_are_compared_with_wireguard_go_13_of_the_same_run_and_judged():
     assert table[1][5] == "48%" and table[1][6] == "2.11x"
     assert table[2][3] == "0"
     verdicts = flood.verdicts(rows)
-    assert verdicts[0].startswith("PASS tunplug-native<->tunplug-native: keeps 48%")
-    assert verdicts[1].startswith("FAIL tunplug-python<->tunplug-python: keeps 0%")
+    assert verdicts[0].startswith("PASS tunplug-native<->tunplug-native, 1 source: keeps 48%")
+    assert verdicts[1].startswith("FAIL tunplug-python<->tunplug-python, 1 source: keeps 0%")
     markdown = flood.render_markdown(rows, {"Kernel": "6.1"}, runs=2)
-    assert "| tunplug-native<->tunplug-native | 4000 | 1900 | 1200 |" in markdown
+    assert "| tunplug-native<->tunplug-native, 1 source | 4000 | 1900 | 1200 |" in markdown
     assert "| Kernel | 6.1 |" in markdown
+
+
+def test_each_flood_is_compared_with_wireguard_go_under_the_same_flood():
+    rows = [
+        row("wggo13-wggo13", (2000, 400, 300, 1900)),
+        row("wggo13-wggo13", (2000, 1000, 900, 1900), sources=1000),
+        row("native-native", (4000, 2000, 1500, 4000), sources=1000),
+    ]
+    table = flood.table_rows(rows)
+    assert table[2][0] == "tunplug-native<->tunplug-native, 1000 sources"
+    assert table[2][6] == "1.00x"  # 50% against wireguard-go's 50% under 1000 sources
