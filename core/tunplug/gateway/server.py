@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -263,7 +264,7 @@ def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) of the metrics endpoint. :raises ConfigError:"""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError("--metrics-address", f"expected host:port or 'off', got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 

@@ -14,6 +14,9 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from tunplug.exceptions import ConfigError
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# ASCII digits only: isdigit() also takes '²', which int() refuses; 5 at most, as int() refuses
+# more than 4,300.
+_PORT = re.compile(r"[0-9]{1,5}")
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 _MIN_PREFIX_V4, _MAX_PREFIX_V4 = 8, 30
 _MIN_PREFIX_V6, _MAX_PREFIX_V6 = 32, 120
@@ -37,7 +40,7 @@ def validate_endpoint(endpoint: str) -> str:
     problem = None
     if not sep or not host:
         problem = "expected HOST:PORT or [IPv6-ADDRESS]:PORT"
-    elif not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    elif not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
         problem = f"port {port_text!r} is not 1-65535"
     elif host.startswith("["):
         try:
