@@ -256,7 +256,7 @@ def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
         "# HELP tunplug_gateway_handshake_sources Source addresses the handshake rate "
         "limiter tracks.",
         "# TYPE tunplug_gateway_handshake_sources gauge",
-        f"tunplug_gateway_handshake_sources {len(device._limiter)}",
+        f"tunplug_gateway_handshake_sources {device.handshake_sources}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -184,6 +184,9 @@ class WireGuardDevice:
         self._load = LoadMonitor(under_load_threshold)
         self._limiter = RateLimiter()
         self._flood = FloodGuard()
+        # next_deadline() is cached until a call that may change timers bumps the version.
+        self._version = 0
+        self._deadline_cache: tuple[int, float] = (-1, INF)
         self._handshakes_seen = 0
         self._last_collect = float("-inf")
         #: Why packets were dropped, by reason; never reset by the device.
@@ -195,6 +198,7 @@ class WireGuardDevice:
 
         :raises ValueError: the key is this device's own public key.
         """
+        self._version += 1  # timers may change: next_deadline() looks again
         if config.public_key == self.public_key:
             raise ValueError("a peer cannot have the interface's own public key")
         peer = self._peers.get(config.public_key)
@@ -219,6 +223,7 @@ class WireGuardDevice:
 
     def remove_peer(self, public_key: bytes) -> None:
         """Remove a peer and erase its sessions; unknown keys are ignored."""
+        self._version += 1  # timers may change: next_deadline() looks again
         peer = self._peers.pop(public_key, None)
         if peer is None:
             return
@@ -235,6 +240,7 @@ class WireGuardDevice:
         WireGuard itself waits for the first packet to send; a client that wants to know at
         once whether it can reach its peers (``--exit``, status for a GUI) calls this.
         """
+        self._version += 1  # timers may change: next_deadline() looks again
         for peer in self._peers.values():
             if peer.endpoint is not None and peer.current is None:
                 peer.timers.new_handshake = float("-inf")
@@ -266,6 +272,7 @@ class WireGuardDevice:
         Packets for a peer without a usable session are staged (at most MAX_STAGED_PACKETS,
         oldest dropped) and a handshake starts.
         """
+        self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         by_peer: dict[Peer, list[Packet]] = {}
         lookup = self._routes.lookup_destination
@@ -436,6 +443,7 @@ class WireGuardDevice:
         handshake message between them is handled in order, so a response followed by data
         on the new session works within one batch.
         """
+        self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         run: list[tuple[bytes | memoryview, Endpoint]] = []
         under_load: bool | None = None
@@ -779,6 +787,7 @@ class WireGuardDevice:
         packets among them, when the last came), ``endpoint`` where it came from. Runs the same
         timer events and key-freshness checks as :meth:`encrypt` and :meth:`decrypt` do for the
         traffic they carry, in the order the traffic happened."""
+        self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         peer = self._peers_by_id.get(peer_id)
         if peer is None:
@@ -810,6 +819,7 @@ class WireGuardDevice:
     def confirm_sessions(self, local_indices: Sequence[int], now: float) -> Output:
         """A native data plane saw the first packets on these (``next``) sessions: promote them
         as :meth:`decrypt` would have."""
+        self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         for index in local_indices:
             keypair = self._indices.get(index)
@@ -818,25 +828,45 @@ class WireGuardDevice:
         return out
 
     # -- timers -----------------------------------------------------------------------------
+    @property
+    def handshake_sources(self) -> int:
+        """Sources the handshake rate limiter tracks now (bounded; idle ones are forgotten
+        within about a second)."""
+        return len(self._limiter)
+
     def handshake_floods(self, now: float) -> FloodFilter | None:
         """What the socket filter should drop of the handshake messages (sources flooding us,
         a sample of everyone's under a flood from too many sources), when that changed since
         the last call, else None. The engine calls it about once a second and hands it to the
-        transport; see :mod:`tunplug.wireguard.flood`."""
+        transport; see :mod:`tunplug.wireguard.flood`. Also forgets the rate limiter's idle
+        sources."""
         seen, self._handshakes_seen = self._handshakes_seen, 0
-        return self._flood.update(self._limiter.take_refusals(), seen, now)
+        update = self._flood.update(self._limiter.take_refusals(), seen, now)
+        # Idle sources are forgotten here too: tick() may not run for minutes on a quiet
+        # gateway, and the rate limiter must not keep a flood's sources that long.
+        self._limiter.collect(now)
+        self._last_collect = now
+        return update
 
     def next_deadline(self) -> float | None:
         """When :meth:`tick` must run next (``now`` scale), or ``None`` if no timer is armed.
 
         A deadline in the past (``-inf`` included) means: tick now.
         """
-        deadline = min((peer.timers.next_deadline() for peer in self._peers.values()), default=INF)
+        version, deadline = self._deadline_cache
+        if version != self._version:
+            # Every peer is looked at (O(peers)), so only after a call that may have changed a
+            # timer: an idle gateway with 10,000 clients is asked ten times a second.
+            deadline = min(
+                (peer.timers.next_deadline() for peer in self._peers.values()), default=INF
+            )
+            self._deadline_cache = (self._version, deadline)
         return None if deadline == INF else deadline
 
     def tick(self, now: float) -> Output:
         """Run the timers due at ``now``: handshake retransmission, rekeying, keepalives and
         key erasure."""
+        self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         timing = self.timing
         for peer in list(self._peers.values()):

@@ -157,3 +157,14 @@ def test_a_blocked_sources_messages_do_not_count_as_a_spread_flood() -> None:
     assert update is not None and update.blocked == {V4} and update.others_one_in == 1
     # Blocked: 390 of its sampled messages arrive (370 refused), and 30 from others.
     assert guard.update({V4: 370}, 420, 2.0) is None
+
+
+def test_the_flood_check_forgets_idle_sources_even_when_no_timer_runs() -> None:
+    net, _, b = make_pair()
+    junk = b"\x01\x00\x00\x00" + bytes(144)
+    b.device.decrypt([(junk, (f"203.0.113.{i}", 1)) for i in range(50)], net.now)
+    assert b.device.handshake_sources == 50
+    b.device.handshake_floods(net.now + 0.1)
+    assert b.device.handshake_sources == 50  # not idle long enough yet
+    b.device.handshake_floods(net.now + 1.1)
+    assert b.device.handshake_sources == 0

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from tunplug.wireguard import Timing
+from tunplug.wireguard.timers import PeerTimers
 
 from ._fakenet import FakeNet, Node, ipv4_packet
 from .test_handshake_and_transport import A_ADDR, B_ADDR, make_pair
@@ -188,3 +189,23 @@ def test_next_deadline_is_honest(step: float) -> None:
     out = b.device.tick(deadline)
     assert [len(d) for d, _ in out.to_network] == [32]  # the passive keepalive
     assert B_ADDR != A_ADDR and step > 0
+
+
+def test_next_deadline_looks_at_the_peers_again_only_after_a_call_that_may_change_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net, a, b = make_pair()
+    net.send(a, [ipv4_packet("10.0.0.1", "10.0.0.2")])
+    net.flush()
+    calls = []
+    original = PeerTimers.next_deadline
+
+    def counted(self: PeerTimers) -> float:
+        calls.append(1)
+        return original(self)
+
+    monkeypatch.setattr(PeerTimers, "next_deadline", counted)
+    first = b.device.next_deadline()
+    assert b.device.next_deadline() == first and len(calls) == 1  # cached
+    b.device.encrypt([ipv4_packet("10.0.0.2", "10.0.0.1")], net.now)
+    assert b.device.next_deadline() is not None and len(calls) == 2  # looked again
