@@ -9,6 +9,7 @@ figures (docs/reliability-clients.md) with a margin for a busy 2-core machine.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -68,8 +69,11 @@ class Gateway:
 
 @pytest.fixture
 def gateway() -> Iterator[Gateway]:
-    # The default (native) data path; benchmarks/clients.py measures both.
-    data_path = "native"
+    # The data path the test command asks for (the suite runs once on native, the default when
+    # built, and tests/e2e once more with TUNPLUG_DATA_PATH=python); benchmarks/clients.py
+    # measures both side by side.
+    native = importlib.util.find_spec("tunplug_fastpath") is not None
+    data_path = os.environ.get("TUNPLUG_DATA_PATH") or ("native" if native else "python")
     with tempfile.TemporaryDirectory(prefix="tunplug-many-") as tmp, LoadTopology() as topo:
         workdir = Path(tmp)
         state = workdir / "state"
