@@ -6,7 +6,7 @@ to the gateway, the data path or the flow logs::
 
     sudo .venv/bin/python benchmarks/soak.py            # 10 minutes, prints the table and verdict
     sudo .venv/bin/python benchmarks/soak.py --quick    # 60 s: a smoke run, not a verdict
-    sudo .venv/bin/python benchmarks/soak.py --output docs/reliability-soak-run.md
+    sudo .venv/bin/python benchmarks/soak.py --output /tmp/soak-report.md
 
 The topology is the live demo's (:class:`tunplug.gateway_demo.GatewayDemo`): namespaces
 ``client`` -- veth -- ``gateway`` -- veth -- ``resource``, a real ``tunplug-gateway run`` with

@@ -321,5 +321,6 @@ def test_a_killed_headless_client_is_cleaned_up_by_its_next_run(net, routes):
     if mark_left:
         # tun_linux_mq restores src_valid_mark only if it changed it itself; the run after a
         # SIGKILL finds the killed run's 1 and keeps it. Fixing it needs a record of the value
-        # from before, which the backend has nowhere to keep yet (see docs/reliability-crash.md).
+        # from before, which the backend has nowhere to keep yet (see docs/reliability.md,
+        # "Crash and restart").
         pytest.xfail("known: net.ipv4.conf.all.src_valid_mark stays 1 after a killed full tunnel")

@@ -4,7 +4,8 @@ handshake source shrinks back, and RSS per client stays small, also after they c
 
 The clients are sans-IO devices in one process (:mod:`tunplug.testing.loadgen`), each with its
 own source address, registered in bulk (``Registry.add_clients``). Bounds are the measured
-figures (docs/reliability-clients.md) with a margin for a busy 2-core machine.
+figures (docs/reliability.md, "Many clients on one gateway") with a margin for a busy 2-core
+machine.
 """
 
 from __future__ import annotations
