@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 IDLE_TICK = 1.0
 #: How often the processor is asked which sources flood it with handshakes.
 FLOOD_CHECK_INTERVAL = 1.0
+#: A busy direction task lets the others (timers, the flood check) run at least this often.
+YIELD_INTERVAL = 0.005
 
 
 class ProcessorOutput(Protocol):
@@ -169,6 +171,7 @@ class TunnelEngine:
         self.stats = EngineStats()
         self._timer_target = math.inf
         self._timer_wakeup = anyio.Event()
+        self._yield_at = -math.inf
 
     async def run(self) -> None:
         """Carry traffic until cancelled. Errors of the device or transport end the run."""
@@ -196,7 +199,9 @@ class TunnelEngine:
             output = self.processor.encrypt(packets, self.clock())
             await self._emit(output.to_network)
             self._deadline_may_have_moved()
-            await anyio.lowlevel.checkpoint()  # as in _inbound: others run under a steady load
+            if time.monotonic() >= self._yield_at:  # as in _inbound
+                await anyio.lowlevel.checkpoint()
+                self._yield_at = time.monotonic() + YIELD_INTERVAL
 
     async def _inbound(self) -> None:
         tun, pipeline, stats = self.tun, self.pipeline, self.stats
@@ -218,8 +223,11 @@ class TunnelEngine:
                 stats.tun_packets_written += len(chunk)
             self._deadline_may_have_moved()
             # While datagrams keep coming (a flood), none of the awaits above has to wait, so
-            # without this the timers and the flood filter would never run.
-            await anyio.lowlevel.checkpoint()
+            # without this the timers and the flood filter would never run. Not per batch: a
+            # yield per batch cost the Python path about 30% of its throughput (measured).
+            if time.monotonic() >= self._yield_at:  # real time, whatever clock the device has
+                await anyio.lowlevel.checkpoint()
+                self._yield_at = time.monotonic() + YIELD_INTERVAL
 
     async def _timers(self) -> None:
         last_stage_tick = -math.inf
