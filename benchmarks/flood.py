@@ -42,13 +42,12 @@ from throughput import (
     PAIR_LABELS,
     EndpointKind,
     Setup,
-    Terminated,
     _on_signal,
     _preflight,
-    exclusive_lock,
     machine_facts,
     render_markdown_table,
     render_text_table,
+    run_exclusive,
     wait_for_quiet,
     wireguard_go_builds,
 )
@@ -348,22 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(setups)} pairs x {len(sources)} floods x {args.runs} runs: about {minutes:.0f} min",
         flush=True,
     )
-    try:
-        with exclusive_lock():
-            facts = machine_facts(builds)
-            rows = run_benchmark(
-                setups,
-                sources,
-                args.runs,
-                {kind: build.binary for kind, build in builds.items()},
-                partial(print, flush=True),
-            )
-    except KeyboardInterrupt:
-        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
-        return 130
-    except Terminated as stop:
-        print(f"\n{stop}: namespaces and processes removed", file=sys.stderr)
-        return 128 + stop.signum
+    facts = machine_facts(builds)
+    rows = run_exclusive(
+        lambda: run_benchmark(
+            setups,
+            sources,
+            args.runs,
+            {kind: build.binary for kind, build in builds.items()},
+            partial(print, flush=True),
+        )
+    )
+    if isinstance(rows, int):
+        return rows
     print()
     print(render_text_table(HEADER, table_rows(rows)))
     print("\n".join(verdicts(rows)))

@@ -53,16 +53,15 @@ from throughput import (
     MB,
     WGGO_FACT_NAMES,
     Target,
-    Terminated,
     _netns_names,
     _on_signal,
     code_fingerprint,
-    exclusive_lock,
     machine_busy_seconds,
     machine_facts,
     proc_cpu_seconds,
     proc_memory,
     render_markdown_table,
+    run_exclusive,
 )
 
 from tunplug.gateway_demo import CLIENT_NAME, RESOURCE, GatewayDemo
@@ -729,22 +728,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ]
     )
     log = partial(print, flush=True)
+    facts = {k: v for k, v in machine_facts({}).items() if k not in WGGO_FACT_NAMES.values()}
+    code_before = code_fingerprint()
     try:
-        with exclusive_lock():
-            facts = {
-                k: v for k, v in machine_facts({}).items() if k not in WGGO_FACT_NAMES.values()
-            }
-            code_before = code_fingerprint()
-            samples, outcome, paths = soak(options, log)
-    except KeyboardInterrupt:
-        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
-        return 130
-    except Terminated as stop:
-        print(f"\n{stop}: namespaces and processes removed", file=sys.stderr)
-        return 128 + stop.signum
+        result = run_exclusive(lambda: soak(options, log))
     except (RuntimeError, OSError, subprocess.SubprocessError) as error:
         print(f"benchmarks/soak.py: the soak failed: {error}", file=sys.stderr)
         return 2
+    if isinstance(result, int):
+        return result
+    samples, outcome, paths = result
     if code_fingerprint() != code_before:
         facts["tunplug commit"] += " - WARNING: the code changed during the run"
         print(f"WARNING: Python files or native modules under {CODE_ROOT} changed during the run",

@@ -48,12 +48,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from wggo import FetchError, WireguardGo, default_cache_dir, fetch, system_wireguard_go
 
 import tunplug
 from tunplug.testing.interop import Endpoint, Kind, Topology, topology
+
+T = TypeVar("T")
 
 #: The source tree of the tunplug that is measured (the one ``import tunplug`` finds).
 CODE_ROOT = Path(tunplug.__file__).resolve().parents[2]
@@ -398,6 +400,21 @@ def exclusive_lock() -> Iterator[None]:
         except BlockingIOError:
             raise SystemExit(f"another benchmark holds {LOCK_PATH}; run one at a time") from None
         yield
+
+
+def run_exclusive(run: Callable[[], T]) -> T | int:
+    """``run()`` while holding the benchmark lock; Ctrl-C and SIGTERM/SIGHUP (with
+    :func:`_on_signal` installed) end it with a line and an exit code (returned instead of the
+    result), after every context manager in ``run`` has cleaned up."""
+    try:
+        with exclusive_lock():
+            return run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
+        return 130
+    except Terminated as stop:
+        print(f"\n{stop}: namespaces and processes removed", file=sys.stderr)
+        return 128 + stop.signum
 
 
 def run_benchmark(
@@ -1066,23 +1083,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(configs(setups))} configurations x {options.runs} runs of "
           f"{options.seconds:g} s, interleaved: about {minutes:.0f} min", flush=True)  # fmt: skip
     started = time.monotonic()
-    try:
-        with exclusive_lock():
-            machine = machine_facts(builds)
-            code_before = code_fingerprint()
-            results, facts = run_benchmark(
-                setups,
-                options.runs,
-                options.seconds,
-                {kind: build.binary for kind, build in builds.items()},
-                partial(print, flush=True),
-            )
-    except KeyboardInterrupt:
-        print("\ninterrupted: namespaces and processes removed", file=sys.stderr)
-        return 130
-    except Terminated as stop:
-        print(f"\n{stop}: namespaces and processes removed", file=sys.stderr)
-        return 128 + stop.signum
+    machine = machine_facts(builds)
+    code_before = code_fingerprint()
+    outcome = run_exclusive(
+        lambda: run_benchmark(
+            setups,
+            options.runs,
+            options.seconds,
+            {kind: build.binary for kind, build in builds.items()},
+            partial(print, flush=True),
+        )
+    )
+    if isinstance(outcome, int):
+        return outcome
+    results, facts = outcome
     elapsed = time.monotonic() - started
     if code_fingerprint() != code_before:
         machine["tunplug commit"] += (

@@ -2,27 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from tunplug.testing.loadgen import LoadResult
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from ._scripts import load_with_siblings
 
-
-def _load(name: str, module_name: str):
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("wggo.py", "wggo")
-_load("throughput.py", "throughput")  # clients.py imports both as siblings
-clients = _load("clients.py", "tunplug_benchmark_clients")
-
-from tunplug.testing.loadgen import LoadResult  # noqa: E402
+clients = load_with_siblings("clients.py", "tunplug_benchmark_clients")
 
 
 def column(kind: str, seconds: float, rss: tuple[int, int], idle: float):

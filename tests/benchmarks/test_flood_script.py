@@ -3,27 +3,11 @@ kept against wireguard-go, verdicts and rendering. No network, no root, no timin
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from ._scripts import load_with_siblings
 
-
-def _load(name, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("wggo.py", "wggo")
-_load("throughput.py", "throughput")  # flood.py imports both as siblings
-flood = _load("flood.py", "tunplug_benchmark_flood")
+flood = load_with_siblings("flood.py", "tunplug_benchmark_flood")
 
 
 def intervals(rates):

@@ -3,25 +3,9 @@ fails its own check. Made-up samples; no namespaces, no root, no timing."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from ._scripts import load_with_siblings
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _load(name, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-_load("wggo.py", "wggo")
-_load("throughput.py", "throughput")
-soak = _load("soak.py", "tunplug_benchmark_soak")
+soak = load_with_siblings("soak.py", "tunplug_benchmark_soak")
 MB = 1024 * 1024
 OUTCOME = soak.Outcome({"tcp": 900, "udp": 300, "failed": 0}, 1000.0, 0, alive=True)
 

@@ -7,27 +7,18 @@ files. The benchmark itself is never run from the tests.
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import sys
 from pathlib import Path
 
 import pytest
 
+from ._scripts import load
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _load(name, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-wggo = _load("wggo.py", "wggo")  # throughput.py imports it as its sibling
-bench = _load("throughput.py", "tunplug_benchmark_throughput")
+wggo = load("wggo.py", "wggo")  # throughput.py imports it as its sibling
+bench = load("throughput.py", "tunplug_benchmark_throughput")
 MB = 1024 * 1024
 ANCHOR_MBPS = 500
 OLD_ANCHOR_MBPS = 100
