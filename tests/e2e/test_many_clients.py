@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -148,14 +149,28 @@ def test_a_thousand_clients_connect_within_a_minute_and_the_gateway_stays_small(
     assert per_client < RSS_PER_CLIENT_KIB
 
     # The same clients again (a new session each), then gone at once: nothing is kept per
-    # handshake, and the rate limiter forgets every source once the gateway's timers run
-    # (its last data went unanswered: it tries a handshake 15 s later).
-    again = gateway.connect_all()
+    # handshake, and the rate limiter forgets every source (its idle sources are collected
+    # once a second). Its gauge is watched while they connect, so that a gauge stuck at 0
+    # does not pass for a limiter that forgets.
+    sources_seen: list[float] = []
+    connecting = threading.Event()
+
+    def watch_sources() -> None:
+        while not connecting.wait(0.2):
+            sources_seen.append(gateway.metric("tunplug_gateway_handshake_sources"))
+
+    watcher = threading.Thread(target=watch_sources, daemon=True)
+    watcher.start()
+    try:
+        again = gateway.connect_all()
+    finally:
+        connecting.set()
+        watcher.join(10)
     assert again.echoed == CLIENTS, again
     rss_again = rss_kib(pid)
     print(f"after connecting again: RSS {rss_again / 1024:.0f} MiB")
     assert (rss_again - rss_connected) / CLIENTS < RSS_PER_CLIENT_KIB / 4
-    assert gateway.metric("tunplug_gateway_handshake_sources") > 0
+    assert max(sources_seen, default=0) > 0, sources_seen
     deadline = time.monotonic() + 40
     while gateway.metric("tunplug_gateway_handshake_sources") > 0:
         assert time.monotonic() < deadline, "the handshake rate limiter kept its sources"

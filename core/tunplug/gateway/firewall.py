@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from tunplug.exceptions import ConfigError, TunplugError
+from tunplug.sysctl_record import SysctlRecord
 
 log = logging.getLogger(__name__)
 
@@ -165,11 +165,11 @@ def forwarding(state_dir: Path) -> Iterator[None]:
 
     What to restore is written to :data:`FORWARDING_RECORD` in ``state_dir`` before anything
     changes, and removed once restored: after a SIGKILL, the next run finds it and restores the
-    values from before the killed run (not the ``1`` that run left) when it exits.
+    values from before the killed run (not the ``1`` that run left) when it exits
+    (:mod:`tunplug.sysctl_record`).
     """
-    record = state_dir / FORWARDING_RECORD
-    restore = _left_by_killed_run(record)
-    owned = bool(restore)  # the record is ours to replace and delete (not a live gateway's)
+    record = SysctlRecord(state_dir / FORWARDING_RECORD, "forwarding left on")
+    restore = record.adopt()
     try:
         turn_on = []
         for path in FORWARDING_SYSCTLS:
@@ -182,8 +182,10 @@ def forwarding(state_dir: Path) -> Iterator[None]:
                 restore[path] = old
                 turn_on.append(path)
         if restore:
-            _write_record(record, restore)
-            owned = True
+            try:
+                record.write(restore)
+            except OSError as exc:
+                raise FirewallError(f"cannot write {record.path}: {exc.strerror}") from None
         for path in turn_on:
             try:
                 with open(path, "w", encoding="ascii") as file:
@@ -200,65 +202,5 @@ def forwarding(state_dir: Path) -> Iterator[None]:
             except OSError as exc:
                 failed = True
                 log.error("could not restore %s to %s: %s", path, value, exc.strerror)
-        if owned and not failed:
-            record.unlink(missing_ok=True)
-
-
-def _where() -> dict[str, object]:
-    """This boot and network namespace: a record made elsewhere says nothing about here."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
-            boot_id = file.read().strip()
-        netns = os.stat("/proc/self/ns/net").st_ino
-    except OSError:
-        return {}
-    return {"boot_id": boot_id, "netns": netns}
-
-
-def _left_by_killed_run(record: Path) -> dict[str, str]:
-    """The values a run that did not exit recorded to restore, or nothing."""
-    try:
-        data = json.loads(record.read_text(encoding="utf-8"))
-        pid, where, restore = int(data["pid"]), data["where"], dict(data["restore"])
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring damaged forwarding record %s: %s", record, exc)
-        return {}
-    if not where or where != _where() or _alive(pid):
-        return {}  # from before a reboot, another namespace, or a gateway still running
-    values = ", ".join(f"{_sysctl_name(path)}={value}" for path, value in restore.items())
-    log.warning(
-        "found forwarding left on by a run that was killed (pid %d): restoring %s on exit",
-        pid,
-        values,
-    )
-    return {str(path): str(value) for path, value in restore.items()}
-
-
-def _sysctl_name(path: str) -> str:
-    """``/proc/sys/net/ipv4/ip_forward`` -> ``net.ipv4.ip_forward``."""
-    return path.removeprefix("/proc/sys/").replace("/", ".")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
-
-
-def _write_record(record: Path, restore: dict[str, str]) -> None:
-    data = {"pid": os.getpid(), "where": _where(), "restore": restore}
-    temporary = record.with_name(f".{record.name}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(data, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, record)
-    except OSError as exc:
-        raise FirewallError(f"cannot write {record}: {exc.strerror}") from None
+        if not failed:
+            record.remove()

@@ -72,6 +72,7 @@ from tunplug.exceptions import (
     TunError,
     map_os_errors,
 )
+from tunplug.sysctl_record import SysctlRecord, netns_record
 from tunplug.tun import Packet, Tun, TunOptions
 from tunplug_tun_linux_mq._open import TUN_PATH, open_queues
 from tunplug_tun_linux_mq.flow import flow_key
@@ -189,6 +190,7 @@ class LinuxMultiQueueTun(Tun):
         self._routes: list[Route] = []
         self._rules: list[Rule] = []
         self._sysctl_restore: dict[str, str] = {}
+        self._sysctl_record: SysctlRecord | None = None
         self._counters = [_Counters() for _ in fds]
         self._send_drops: Counter[str] = Counter()
         self._inbound = Inbound(loop, RX_QUEUE_BATCHES * self.queues)
@@ -356,11 +358,35 @@ class LinuxMultiQueueTun(Tun):
             netlink.remove_rules(rules)  # leftovers of a killed run: same rules, same table
             self._rules.extend(netlink.add_rules(rules))
             if 4 in families:
-                self._sysctl_restore.update(_set_sysctl(SRC_VALID_MARK, "1"))
+                self._set_src_valid_mark()
 
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(apply)
         log.info("full tunnel through %s: %s", self.name, "; ".join(map(str, rules)))
+
+    def _set_src_valid_mark(self) -> None:
+        """src_valid_mark on for the full tunnel, the value from before kept in a record
+        (:mod:`tunplug.sysctl_record`), so that the run after a SIGKILL puts back the value
+        from before the killed run, not the ``1`` it left."""
+        record = SysctlRecord(netns_record("tun-linux-mq-src-valid-mark"), "src_valid_mark left on")
+        restore = record.adopt()
+        try:
+            with open(SRC_VALID_MARK, encoding="ascii") as file:
+                current = file.read().strip()
+        except OSError as exc:
+            log.warning("cannot read %s: %s", SRC_VALID_MARK, exc.strerror)
+            return
+        if current != "1":
+            restore.setdefault(SRC_VALID_MARK, current)
+        if restore:
+            try:
+                record.write(restore)
+            except OSError as exc:
+                log.warning("cannot keep %s: %s (a killed run leaves src_valid_mark on)",
+                            record.path, exc.strerror)  # fmt: skip
+        self._sysctl_record = record
+        self._sysctl_restore.update(restore)
+        _set_sysctl(SRC_VALID_MARK, "1")
 
     @property
     def routes(self) -> list[Route]:
@@ -585,6 +611,9 @@ class LinuxMultiQueueTun(Tun):
         for path, value in self._sysctl_restore.items():
             _set_sysctl(path, value)
         self._sysctl_restore.clear()
+        if self._sysctl_record is not None:
+            self._sysctl_record.remove()
+            self._sysctl_record = None
         if self._routes:
             from tunplug_tun_linux_mq import netlink
 
