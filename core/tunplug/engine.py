@@ -199,9 +199,7 @@ class TunnelEngine:
             output = self.processor.encrypt(packets, self.clock())
             await self._emit(output.to_network)
             self._deadline_may_have_moved()
-            if time.monotonic() >= self._yield_at:  # as in _inbound
-                await anyio.lowlevel.checkpoint()
-                self._yield_at = time.monotonic() + YIELD_INTERVAL
+            await self._let_others_run()
 
     async def _inbound(self) -> None:
         tun, pipeline, stats = self.tun, self.pipeline, self.stats
@@ -222,12 +220,15 @@ class TunnelEngine:
                 tun.send(chunk)
                 stats.tun_packets_written += len(chunk)
             self._deadline_may_have_moved()
-            # While datagrams keep coming (a flood), none of the awaits above has to wait, so
-            # without this the timers and the flood filter would never run. Not per batch: a
-            # yield per batch cost the Python path about 30% of its throughput (measured).
-            if time.monotonic() >= self._yield_at:  # real time, whatever clock the device has
-                await anyio.lowlevel.checkpoint()
-                self._yield_at = time.monotonic() + YIELD_INTERVAL
+            await self._let_others_run()
+
+    async def _let_others_run(self) -> None:
+        """While datagrams or packets keep coming (a flood), none of a direction task's awaits
+        has to wait, so without this the timers and the flood check would never run. At most
+        every YIELD_INTERVAL of real time (whatever clock the device has), not per batch."""
+        if time.monotonic() >= self._yield_at:
+            await anyio.lowlevel.checkpoint()
+            self._yield_at = time.monotonic() + YIELD_INTERVAL
 
     async def _timers(self) -> None:
         last_stage_tick = -math.inf

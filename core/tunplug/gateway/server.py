@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from tunplug.exceptions import ConfigError
 from tunplug.gateway import firewall
 from tunplug.gateway.registry import ClientRecord, Registry
 from tunplug.gateway.settings import GatewaySettings
+from tunplug.gateway.validation import parse_port
 from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.systemd import Notifier
 from tunplug.wgquick import PeerSection, WgQuickConfig
@@ -250,8 +250,8 @@ def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
         ]
     for reason, count in sorted(device.drops.items()):
         lines.append(f'tunplug_gateway_wireguard_drops_total{{reason="{reason}"}} {count}')
-    # The device has no public accessor for it yet; what must shrink back after a burst of
-    # handshakes (the limiter forgets a source 0.25 s after its bucket is full again).
+    # What must shrink back after a burst of handshakes (idle sources are forgotten within
+    # about a second).
     lines += [
         "# HELP tunplug_gateway_handshake_sources Source addresses the handshake rate "
         "limiter tracks.",
@@ -263,10 +263,11 @@ def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
 
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``) of the metrics endpoint. :raises ConfigError:"""
-    host, sep, port = text.rpartition(":")
-    if not sep or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+    host, sep, port_text = text.rpartition(":")
+    port = parse_port(port_text) if sep else None
+    if port is None:
         raise ConfigError("--metrics-address", f"expected host:port or 'off', got {text!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return host.strip("[]") or "127.0.0.1", port
 
 
 def parse_request_head(head: bytes) -> tuple[bytes, str]:

@@ -31,6 +31,11 @@ def validate_client_name(name: str) -> str:
     return name
 
 
+def parse_port(text: str) -> int | None:
+    """``text`` as a port 1-65535 (ASCII digits only), or None."""
+    return int(text) if _PORT.fullmatch(text) and 1 <= int(text) <= 65535 else None
+
+
 def validate_endpoint(endpoint: str) -> str:
     """Check ``host:port`` or ``[v6-address]:port`` without resolving the host.
 
@@ -40,7 +45,7 @@ def validate_endpoint(endpoint: str) -> str:
     problem = None
     if not sep or not host:
         problem = "expected HOST:PORT or [IPv6-ADDRESS]:PORT"
-    elif not _PORT.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+    elif parse_port(port_text) is None:
         problem = f"port {port_text!r} is not 1-65535"
     elif host.startswith("["):
         try:
