@@ -54,6 +54,10 @@ class ClientToken(BaseModel):
     dns_domains: list[str] = Field(default_factory=list)
     #: Seconds between keepalives (NAT traversal); 0 turns them off.
     persistent_keepalive: int = Field(default=25, ge=0, le=65535)
+    #: ``address:port`` of the gateway's control channel, inside the tunnel: the client
+    #: fetches its resources, routes and DNS there and follows changes (tokens issued before
+    #: resources were live have none: their routes stay as issued).
+    control: str | None = None
 
     @field_validator("gateway_key", "private_key", "preshared_key")
     @classmethod

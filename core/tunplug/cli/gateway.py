@@ -273,6 +273,7 @@ def _init(args: argparse.Namespace) -> int:
         crypto=crypto,
     ) as registry:
         gateway = registry.gateway
+        resources = registry.resources()
     print(f"public key: {format_key(gateway.public_key)}")
     print(f"state: {state_dir} ({KEY_NAME}, {DB_NAME})")
     print(f"endpoint: {gateway.endpoint} (listening on UDP port {gateway.listen_port})")
@@ -280,7 +281,7 @@ def _init(args: argparse.Namespace) -> int:
         f"client subnets: {gateway.subnet_v4}, {gateway.subnet_v6} (gateway "
         f"{gateway.gateway_address_v4}, {gateway.gateway_address_v6})"
     )
-    print(f"resources: {', '.join(map(str, gateway.resources))}")
+    print(f"resources: {', '.join(r.name for r in resources) or 'none yet'}")
     print(f"DNS: {', '.join(map(str, gateway.dns)) or 'none'}")
     if replaced:
         print(

@@ -50,12 +50,21 @@ from typing import TYPE_CHECKING, Any
 
 from tunplug import token as client_token
 from tunplug.exceptions import ConfigError, TunplugError
+from tunplug.gateway.resource_store import MIGRATION_3, ResourceStore, check_network
 from tunplug.gateway.validation import (
     validate_client_name,
     validate_dns,
     validate_endpoint,
-    validate_resources,
     validate_subnets,
+)
+from tunplug.resources import (
+    CONTROL_PORT,
+    INTERNET_NETWORKS,
+    PROXY_V4,
+    PROXY_V6,
+    Resource,
+    client_view,
+    parse_target,
 )
 from tunplug.secure_files import check_private_file, read_private_file
 from tunplug.wireguard.keys import format_key, parse_key
@@ -63,6 +72,7 @@ from tunplug.wireguard.keys import format_key, parse_key
 if TYPE_CHECKING:
     from tunplug.crypto import CryptoBackend
 
+PROXY_NETWORKS = (PROXY_V4, PROXY_V6)
 DB_NAME = "registry.db"
 KEY_NAME = "private.key"
 DEFAULT_LISTEN_PORT = 51820
@@ -112,6 +122,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE clients ADD COLUMN rx_bytes INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE clients ADD COLUMN tx_bytes INTEGER NOT NULL DEFAULT 0",
     ),
+    # 3: resources, groups and memberships (tunplug.gateway.resource_store).
+    MIGRATION_3,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -135,7 +147,6 @@ class GatewayConfig:
     listen_port: int
     subnet_v4: IPv4Network
     subnet_v6: IPv6Network
-    resources: tuple[IPv4Network | IPv6Network, ...]
     dns: tuple[IPv4Address | IPv6Address, ...]
 
     @property
@@ -175,7 +186,7 @@ class IssuedClient:
     wg_quick: str = field(repr=False)
 
 
-class Registry:
+class Registry(ResourceStore):
     """The gateway's SQLite database. Use :meth:`init` or :meth:`open`, then :meth:`close`
     (or ``with``). One object may be shared between threads: calls are serialised."""
 
@@ -202,7 +213,7 @@ class Registry:
         listen_port: int = DEFAULT_LISTEN_PORT,
         subnet_v4: str = DEFAULT_SUBNET_V4,
         subnet_v6: str = DEFAULT_SUBNET_V6,
-        resources: Sequence[str],
+        resources: Sequence[str] = (),
         dns: Sequence[str] = (),
         force: bool = False,
         crypto: CryptoBackend | None = None,
@@ -218,7 +229,9 @@ class Registry:
         if not 1 <= listen_port <= 65535:
             raise ConfigError("--listen-port", f"must be 1-65535, got {listen_port}")
         network_v4, network_v6 = validate_subnets(subnet_v4, subnet_v6)
-        networks = validate_resources(resources, network_v4, network_v6)
+        targets = list(dict.fromkeys(parse_target(text, "--resource") for text in resources))
+        for target in targets:
+            check_network(target, network_v4, network_v6)
         servers = validate_dns(dns)
         db_path = state_dir / DB_NAME
         if _exists(db_path) and not force:
@@ -242,7 +255,6 @@ class Registry:
         connection = _connect(db_path)
         try:
             _migrate(connection, db_path)
-            resource_texts = json.dumps([str(network) for network in networks])
             dns_texts = json.dumps([str(server) for server in servers])
             with _sql("storing the gateway"):
                 connection.execute(
@@ -254,14 +266,21 @@ class Registry:
                         listen_port,
                         str(network_v4),
                         str(network_v6),
-                        resource_texts,
+                        "[]",
                         dns_texts,
                         time.time(),
                     ),
                 )
         finally:
             connection.close()
-        return cls.open(state_dir, crypto=crypto)
+        registry = cls.open(state_dir, crypto=crypto)
+        try:
+            for target in targets:
+                registry.add_resource(str(target))
+        except BaseException:
+            registry.close()
+            raise
+        return registry
 
     @classmethod
     def open(cls, state_dir: Path, *, crypto: CryptoBackend | None = None) -> Registry:
@@ -288,8 +307,8 @@ class Registry:
             _migrate(connection, db_path)
             with _sql("reading the gateway"):
                 row = connection.execute(
-                    "SELECT public_key, endpoint, listen_port, subnet_v4, subnet_v6, resources, "
-                    "dns FROM gateway WHERE id = 1"
+                    "SELECT public_key, endpoint, listen_port, subnet_v4, subnet_v6, dns "
+                    "FROM gateway WHERE id = 1"
                 ).fetchone()
             if row is None:
                 raise ConfigError(
@@ -305,8 +324,7 @@ class Registry:
             listen_port=row[2],
             subnet_v4=IPv4Network(row[3]),
             subnet_v6=IPv6Network(row[4]),
-            resources=tuple(ip_network(text) for text in json.loads(row[5])),
-            dns=tuple(ip_address(text) for text in json.loads(row[6])),
+            dns=tuple(ip_address(text) for text in json.loads(row[5])),
         )
         return cls(state_dir, connection, gateway, crypto)
 
@@ -347,16 +365,16 @@ class Registry:
         return [_record(row) for row in rows]
 
     # -- writing --------------------------------------------------------------------------
-    def add_client(self, name: str) -> IssuedClient:
+    def add_client(self, name: str, groups: Sequence[str] = ()) -> IssuedClient:
         """Register a client with new keys and the next free addresses.
 
         The client's private key is not stored: it is only in the returned token and wg-quick
         text. :raises ConfigError: the name is invalid or taken by an active client, or no
             address is free.
         """
-        return self.add_clients([name])[0]
+        return self.add_clients([name], groups)[0]
 
-    def add_clients(self, names: Sequence[str]) -> list[IssuedClient]:
+    def add_clients(self, names: Sequence[str], groups: Sequence[str] = ()) -> list[IssuedClient]:
         """Register several clients in one transaction, as :meth:`add_client` does each:
         all of them or none, and :meth:`version` changes once, so a running gateway picks
         them up in one poll (10,000 clients: 3.4 s here, mostly making keys and tokens).
@@ -425,15 +443,32 @@ class Registry:
                     )
                 )
             if records:
+                self._join_new_clients(connection, names, groups)
                 connection.execute("UPDATE gateway SET version = version + 1 WHERE id = 1")
+        resources = self.resources()
         return [
-            self._issued(record, private_key)
+            self._issued(record, private_key, resources, groups)
             for record, (private_key, _, _) in zip(records, keys, strict=True)
         ]
 
-    def _issued(self, record: ClientRecord, private_key: bytes) -> IssuedClient:
-        """A new client's token and wg-quick text (the only place its private key goes)."""
+    def _issued(
+        self,
+        record: ClientRecord,
+        private_key: bytes,
+        resources: Sequence[Resource],
+        groups: Sequence[str],
+    ) -> IssuedClient:
+        """A new client's token and wg-quick text (the only place its private key goes).
+
+        The token's routes are the gateway's tunnel addresses and the CIDR resources the
+        client may reach now; a tunplug client then follows the control channel (``control``)
+        for changes. The wg-quick text, for stock WireGuard clients that have no control
+        channel, also routes everything when the client may use the Internet resource."""
         gateway = self._gateway
+        view = client_view(
+            0, resources, groups, (gateway.gateway_address_v4, gateway.gateway_address_v6)
+        )
+        routes = [route for route in view.routes if ip_network(route) not in PROXY_NETWORKS]
         issued = client_token.ClientToken(
             name=record.name,
             gateway_key=format_key(gateway.public_key),
@@ -441,11 +476,17 @@ class Registry:
             private_key=format_key(private_key),
             preshared_key=format_key(record.preshared_key),
             addresses=[f"{record.address_v4}/32", f"{record.address_v6}/128"],
-            routes=[str(network) for network in gateway.resources],
+            routes=routes,
             dns_servers=list(gateway.dns),
             persistent_keepalive=PERSISTENT_KEEPALIVE,
+            control=f"{gateway.gateway_address_v4}:{CONTROL_PORT}",
         )
-        return IssuedClient(record, client_token.encode(issued), issued.to_wg_quick())
+        stock = issued
+        if view.internet:
+            stock = issued.model_copy(
+                update={"routes": routes + [str(n) for n in INTERNET_NETWORKS]}
+            )
+        return IssuedClient(record, client_token.encode(issued), stock.to_wg_quick())
 
     def revoke(self, name: str) -> ClientRecord:
         """Revoke the active client ``name``; the running gateway drops it within a second.

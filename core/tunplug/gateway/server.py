@@ -348,7 +348,7 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
             running.listen_port,
             format_key(gateway.public_key),
             len(state.clients),
-            ", ".join(map(str, gateway.resources)),
+            ", ".join(r.name for r in registry.resources()) or "none",
         )
         notifier.status(f"serving {len(state.clients)} client(s) on {running.interface}")
 
@@ -365,7 +365,10 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
     with (
         firewall.forwarding(registry.state_dir),
         firewall.firewall(
-            settings.interface, gateway.subnet_v4, gateway.subnet_v6, gateway.resources
+            settings.interface,
+            gateway.subnet_v4,
+            gateway.subnet_v6,
+            [r.target.network for r in registry.resources() if r.target.network is not None],
         ),
     ):
         anyio.run(
@@ -390,7 +393,7 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
                 "public_key": format_key(gateway.public_key),
                 "endpoint": gateway.endpoint,
                 "listen_port": gateway.listen_port,
-                "resources": [str(n) for n in gateway.resources],
+                "resources": [r.view().model_dump() for r in registry.resources()],
                 "dropped_not_resource": firewall.dropped_packets(settings.interface),
                 "peers": [
                     {
@@ -412,7 +415,7 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
     print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
     print(f"  public key: {format_key(gateway.public_key)}")
     print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
-    print(f"  resources: {', '.join(map(str, gateway.resources))}")
+    print(f"  resources: {', '.join(r.name for r in registry.resources()) or 'none'}")
     for client in clients:
         print()
         print(f"peer: {format_key(client.public_key)} ({client.name})")
