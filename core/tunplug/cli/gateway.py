@@ -47,6 +47,7 @@ FLAGS = {
     "data_path": "--data-path",
     "metrics_address": "--metrics-address",
     "flow_logs": "--flow-logs",
+    "dns_upstream": "--dns-upstream",
     "log_dir": "--log-dir",
     "log_level": "--log-level",
 }
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help=f"address for /healthz, /readyz and /metrics (TUNPLUG_METRICS_ADDRESS, default "
         f"{DEFAULT_METRICS_ADDRESS}; 'off' disables them)",
+    )
+    run.add_argument(
+        "--dns-upstream",
+        metavar="IP[,IP...]",
+        help="DNS servers that resolve the DNS resources (TUNPLUG_DNS_UPSTREAM; default: the "
+        "nameservers in /etc/resolv.conf)",
     )
     run.add_argument(
         "--flow-logs",

@@ -29,6 +29,11 @@ class GatewaySettings(TunplugSettings):
         DEFAULT_METRICS_ADDRESS,
         description="host:port for /healthz, /readyz and /metrics; 'off' disables them",
     )
+    dns_upstream: str = Field(
+        "",
+        description="DNS servers (comma-separated addresses) the gateway resolves DNS "
+        "resources with; empty: the nameservers of /etc/resolv.conf (TUNPLUG_DNS_UPSTREAM)",
+    )
     log_dir: Path | None = Field(
         None,
         validation_alias=AliasChoices("LOG_DIR", "tunplug_log_dir"),
