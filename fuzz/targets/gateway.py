@@ -1,6 +1,7 @@
 """The gateway's control inputs: the HTTP request head of ``/healthz``, ``/readyz`` and
 ``/metrics`` (:func:`tunplug.gateway.server.parse_request_head`), and what an operator types
-into ``init``, ``client add`` and ``run`` (:mod:`tunplug.gateway.validation`,
+into ``init``, ``client add``, ``resource add`` and ``run``
+(:mod:`tunplug.gateway.validation`, :mod:`tunplug.resources`,
 :func:`tunplug.gateway.server.parse_address`).
 
 Input: the first byte picks the function, the rest is its argument; command-line arguments are
@@ -16,7 +17,9 @@ from ipaddress import IPv4Network, IPv6Network
 
 from tunplug.exceptions import ConfigError
 from tunplug.gateway import validation
+from tunplug.gateway.resource_store import check_network
 from tunplug.gateway.server import MAX_REQUEST, parse_address, parse_request_head
+from tunplug.resources import name_matches, parse_port_rules, parse_target, routing_domain
 
 HANDLED: tuple[type[BaseException], ...] = (ConfigError,)
 
@@ -44,10 +47,21 @@ def _subnets(data: bytes) -> None:
 
 
 def _resources(data: bytes) -> None:
-    for network in validation.validate_resources(_items(data), _SUBNET_V4, _SUBNET_V6):
-        assert not network.overlaps(_SUBNET_V4 if network.version == 4 else _SUBNET_V6) or (
-            network.supernet_of(_SUBNET_V4 if network.version == 4 else _SUBNET_V6)  # type: ignore[arg-type]
-        )
+    """``resource add TARGET --port ...``: what is accepted reads back the same, and a name
+    that matches the pattern is one the client would send to the gateway."""
+    target_text, _, rules_text = data.partition(b"\0")
+    rules = parse_port_rules(_items(rules_text))
+    assert all(str(parse_port_rules([str(rule)])[0]) == str(rule) for rule in rules)
+    target = parse_target(_argument(target_text))
+    check_network(target, _SUBNET_V4, _SUBNET_V6)
+    assert str(parse_target(str(target))) == str(target)
+    if target.network is not None:
+        subnet = _SUBNET_V4 if target.network.version == 4 else _SUBNET_V6
+        assert not target.network.overlaps(subnet)
+    if target.pattern is not None:
+        example = target.pattern.replace("*", "x")
+        assert name_matches(target.pattern, example)
+        assert example.endswith(routing_domain(target.pattern))
 
 
 def _endpoint(data: bytes) -> None:

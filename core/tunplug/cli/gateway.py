@@ -19,6 +19,7 @@ from typing import Any
 
 from tunplug import __version__
 from tunplug.app import App
+from tunplug.cli import gateway_resources
 from tunplug.cli._common import EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
 from tunplug.gateway.registry import (
@@ -60,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="tunplug gateway: issues client tokens, revokes them, and forwards and "
         "NATs clients' traffic to the resources behind it.",
-        epilog="start with: tunplug-gateway init --endpoint HOST:PORT --resource CIDR",
+        epilog="start with: tunplug-gateway init --endpoint HOST:PORT; then "
+        "tunplug-gateway resource add CIDR|NAME",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     state = argparse.ArgumentParser(add_help=False)
@@ -126,10 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--resource",
         action="append",
         default=[],
-        required=True,
-        metavar="CIDR",
-        help="a network clients may reach through the gateway (repeat for more; 0.0.0.0/0 "
-        "for everything)",
+        metavar="TARGET",
+        help="a resource every client may reach (repeatable): a network, an address, a DNS "
+        "name or wildcard, or 'internet' (0.0.0.0/0 means it too); more, with ports and "
+        "groups, later with 'resource add'",
     )
     init.add_argument(
         "--dns",
@@ -161,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("name", metavar="NAME", help="1-64 letters, digits, '.', '_' or '-'")
     add.add_argument(
+        "--group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="put the client into this group (repeatable; see 'group add')",
+    )
+    add.add_argument(
         "--wg-quick",
         action="store_true",
         help="print a standard WireGuard (wg-quick) configuration instead of a token",
@@ -185,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "token no longer\nconnects. The name may be used again by 'client add'.",
     )
     revoke.add_argument("name", metavar="NAME")
+    gateway_resources.add_parsers(commands, command, _settings)
 
     run = command(
         commands,
@@ -302,7 +312,7 @@ def _init(args: argparse.Namespace) -> int:
 def _client_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     with Registry.open(settings.state_dir, crypto=App(settings).crypto()) as registry:
-        issued = registry.add_client(args.name)
+        issued = registry.add_client(args.name, args.group)
     client = issued.client
     what = "wg-quick configuration" if args.wg_quick else "token"
     sys.stdout.write(issued.wg_quick if args.wg_quick else issued.token + "\n")

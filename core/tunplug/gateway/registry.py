@@ -229,7 +229,9 @@ class Registry(ResourceStore):
         if not 1 <= listen_port <= 65535:
             raise ConfigError("--listen-port", f"must be 1-65535, got {listen_port}")
         network_v4, network_v6 = validate_subnets(subnet_v4, subnet_v6)
-        targets = list(dict.fromkeys(parse_target(text, "--resource") for text in resources))
+        # 0.0.0.0/0 and ::/0 (what init took before resources had kinds): the Internet resource.
+        texts = ["internet" if t.strip() in ("0.0.0.0/0", "::/0") else t for t in resources]
+        targets = list(dict.fromkeys(parse_target(text, "--resource") for text in texts))
         for target in targets:
             check_network(target, network_v4, network_v6)
         servers = validate_dns(dns)

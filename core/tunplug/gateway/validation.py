@@ -95,22 +95,6 @@ def parse_network(text: str, flag: str, version: int) -> IPv4Network | IPv6Netwo
     return network
 
 
-def validate_resources(
-    resources: Sequence[str], subnet_v4: IPv4Network, subnet_v6: IPv6Network
-) -> tuple[IPv4Network | IPv6Network, ...]:
-    if not resources:
-        raise ConfigError("--resource", "give at least one network the clients may reach")
-    networks: list[IPv4Network | IPv6Network] = []
-    for text in resources:
-        network = parse_network(text, "--resource", 0)
-        subnet = subnet_v4 if isinstance(network, IPv4Network) else subnet_v6
-        if network.subnet_of(subnet):  # type: ignore[arg-type]
-            raise ConfigError("--resource", f"{network} is inside the clients' own subnet {subnet}")
-        if network not in networks:
-            networks.append(network)
-    return tuple(networks)
-
-
 def validate_dns(dns: Sequence[str]) -> tuple[IPv4Address | IPv6Address, ...]:
     servers: list[IPv4Address | IPv6Address] = []
     for text in dns:

@@ -93,6 +93,7 @@ def test_init_prints_the_public_key_and_what_it_created(tmp_path, capsys):
     assert status == 0, err
     with Registry.open(state_dir) as registry:
         gateway = registry.gateway
+        resources = [resource.name for resource in registry.resources()]
     assert f"public key: {format_key(gateway.public_key)}" in out.splitlines()
     assert format_key(gateway.private_key) not in out + err
     assert "10.77.0.0/24, fd77::/64 (gateway 10.77.0.1, fd77::1)" in out
@@ -100,10 +101,7 @@ def test_init_prints_the_public_key_and_what_it_created(tmp_path, capsys):
     assert "DNS: 10.1.0.53" in out
     assert "UDP port 51999" in out
     assert "client add NAME" in err
-    assert (gateway.listen_port, [str(n) for n in gateway.resources]) == (
-        51999,
-        ["10.1.0.0/16", "10.2.0.0/16"],
-    )
+    assert (gateway.listen_port, resources) == (51999, ["10.1.0.0/16", "10.2.0.0/16"])
 
 
 def test_init_twice_is_refused_with_status_2_and_force_replaces(state_dir, capsys):
@@ -138,11 +136,10 @@ def test_init_with_a_bad_option_is_one_line_naming_the_flag(tmp_path, capsys, ex
     assert not (tmp_path / "s").exists()
 
 
-def test_init_without_a_resource_is_a_usage_error(tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.main(["init", "--state-dir", str(tmp_path), "--endpoint", ENDPOINT])
-    assert info.value.code == 2
-    assert "--resource" in capsys.readouterr().err
+def test_init_without_a_resource_is_fine_and_says_so(tmp_path, capsys):
+    status, out, err = run(capsys, "init", "--state-dir", str(tmp_path), "--endpoint", ENDPOINT)
+    assert status == 0, err
+    assert "resources: none yet" in out
 
 
 # -- clients ----------------------------------------------------------------------------------
@@ -152,7 +149,8 @@ def test_client_add_prints_only_the_token_on_stdout(state_dir, capsys):
     assert out.count("\n") == 1
     issued = token.decode(out)
     assert issued.name == "laptop" and issued.addresses[0] == "100.64.0.2/32"
-    assert issued.routes == ["10.20.0.0/16", "fd10::/64"]
+    # The gateway's tunnel addresses (the control channel) and the resources.
+    assert issued.routes == ["100.64.0.1/32", "fd7a:7470:6c67::1/128", "10.20.0.0/16", "fd10::/64"]
     assert "added client 'laptop'" in err and "shown only once" in err
     assert issued.private_key not in err
     with Registry.open(state_dir) as registry:
@@ -166,7 +164,7 @@ def test_client_add_with_wg_quick_prints_a_standard_config(state_dir, capsys):
     assert status == 0, err
     config = parse_wg_quick(out, "stdout")
     assert [str(a) for a in config.addresses] == ["100.64.0.2/32", "fd7a:7470:6c67::2/128"]
-    assert [str(n) for n in config.peers[0].allowed_ips] == ["10.20.0.0/16", "fd10::/64"]
+    assert [str(n) for n in config.peers[0].allowed_ips][2:] == ["10.20.0.0/16", "fd10::/64"]
     assert out.startswith("[Interface]\n") and "wg-quick configuration" in err
 
 

@@ -68,7 +68,7 @@ def test_init_creates_a_private_directory_key_and_database(registry, state_dir):
     assert gateway.subnet_v6 == ip_network(DEFAULT_SUBNET_V6)
     assert gateway.gateway_address_v4 == IPv4Address("100.64.0.1")
     assert gateway.gateway_address_v6 == IPv6Address("fd7a:7470:6c67::1")
-    assert [str(network) for network in gateway.resources] == ["10.20.0.0/16"]
+    assert [str(resource.target) for resource in registry.resources()] == ["10.20.0.0/16"]
     assert [str(server) for server in gateway.dns] == ["10.20.0.53"]
 
 
@@ -98,7 +98,7 @@ def test_a_second_init_is_refused_unless_forced(registry, state_dir):
     with make(state_dir, force=True, resources=["10.30.0.0/16"]) as again:
         assert again.gateway.public_key != registry.gateway.public_key
         assert again.clients(include_revoked=True) == []
-        assert [str(network) for network in again.gateway.resources] == ["10.30.0.0/16"]
+        assert [resource.name for resource in again.resources()] == ["10.30.0.0/16"]
     with Registry.open(state_dir) as reopened:
         assert reopened.gateway.public_key != registry.gateway.public_key
 
@@ -121,10 +121,11 @@ def test_a_second_init_is_refused_unless_forced(registry, state_dir):
         ({"subnet_v6": "10.0.0.0/8"}, "--subnet-v6", "not an IPv6 network"),
         ({"subnet_v6": "fd00::/127"}, "--subnet-v6", "/32 to /120"),
         ({"subnet_v6": "fd00::/120"}, "--subnet-v6", "fewer addresses"),
-        ({"resources": []}, "--resource", "at least one"),
         ({"resources": ["10.0.0.0/33"]}, "--resource", "not a network"),
-        ({"resources": ["100.64.1.0/24"]}, "--resource", "inside the clients' own subnet"),
-        ({"resources": ["fd7a:7470:6c67::/80"]}, "--resource", "inside the clients' own"),
+        ({"resources": ["db"]}, "--resource", "not a DNS name"),
+        ({"resources": ["100.64.1.0/24"]}, "TARGET", "overlaps the clients' subnet"),
+        ({"resources": ["fd7a:7470:6c67::/80"]}, "TARGET", "overlaps the clients' subnet"),
+        ({"resources": ["100.96.0.0/24"]}, "TARGET", "overlaps the proxy range"),
         ({"dns": ["dns.example.com"]}, "--dns", "not an IP address"),
     ],
 )
@@ -143,7 +144,13 @@ def test_valid_endpoint_forms_and_a_full_tunnel_resource_are_accepted(tmp_path):
             pass
         with Registry.open(tmp_path / str(number)) as registry:
             assert registry.gateway.endpoint == endpoint
-            assert [str(n) for n in registry.gateway.resources] == ["0.0.0.0/0", "::/0"]
+            # What init took for "everything" before resources had kinds: the Internet resource.
+            assert [(r.name, r.kind) for r in registry.resources()] == [("internet", "internet")]
+
+
+def test_init_needs_no_resource(tmp_path):
+    with make(tmp_path / "s", resources=[]) as registry:
+        assert registry.resources() == []
 
 
 def test_open_refuses_a_database_others_can_read(registry, state_dir):
@@ -363,7 +370,13 @@ def test_an_issued_token_decodes_to_the_gateways_configuration(registry):
     (peer,) = config.peers
     assert peer.public_key == gateway.public_key
     assert peer.preshared_key == client.preshared_key
-    assert list(peer.allowed_ips) == list(gateway.resources)
+    # The gateway's own tunnel addresses (its control channel) and the resources.
+    assert [str(n) for n in peer.allowed_ips] == [
+        f"{gateway.gateway_address_v4}/32",
+        f"{gateway.gateway_address_v6}/128",
+        "10.20.0.0/16",
+    ]
+    assert decoded.control == f"{gateway.gateway_address_v4}:51820"
     assert peer.endpoint_text == ENDPOINT
     assert peer.persistent_keepalive == 25
 
@@ -454,6 +467,10 @@ def test_a_version_1_registry_is_migrated_on_open(tmp_path):
         assert registry.gateway.public_key == public
         assert str(registry.gateway.subnet_v4) == "100.64.0.0/24"
         assert registry.version() == 7
+        # Version 3: the networks init stored became resources for every client.
+        assert [(r.name, r.kind, r.groups) for r in registry.resources()] == [
+            ("10.1.0.0/16", "cidr", ())
+        ]
         (kept,) = registry.clients()
         assert (kept.name, str(kept.address_v4), kept.created_at) == ("kept", "100.64.0.3", 4.0)
         assert (kept.last_handshake, kept.rx_bytes, kept.tx_bytes) == (None, 0, 0)
