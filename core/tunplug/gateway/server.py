@@ -4,11 +4,15 @@ Who calls it: :mod:`tunplug.cli.gateway` (``run`` and ``status``) and the live d
 gateway is one WireGuard interface (the registry's key, listen port and the first address of
 each tunnel subnet) with one peer per client. Around it:
 
-- nftables and forwarding (:mod:`.firewall`): clients reach the resources (masqueraded), and
-  nothing else; dropped packets are counted;
+- nftables and forwarding (:mod:`.firewall`): each client reaches its resources (masqueraded),
+  and nothing else; dropped packets are counted. Who may reach what is
+  :class:`~tunplug.gateway.access.AccessState`'s, written into the firewall's sets live;
 - a registry poll every :data:`POLL_INTERVAL` seconds: a client added or revoked with
   ``tunplug-gateway client add/revoke`` (another process) is added to or removed from the
-  running device within a second, the other clients' sessions untouched;
+  running device within a second, the other clients' sessions untouched; a resource or group
+  change updates the firewall's sets and wakes the control channel's long polls;
+- the control channel (:mod:`.control`) and the DNS server for DNS resources
+  (:mod:`.dns_server`) on the gateway's tunnel addresses;
 - a stats writer: last handshake and bytes of each client go to the registry every
   :data:`STATS_INTERVAL` seconds (``client list`` and ``status`` read them);
 - an HTTP endpoint (default 127.0.0.1:9586): ``/healthz``, ``/readyz``, ``/metrics``
@@ -17,12 +21,11 @@ each tunnel subnet) with one peer per client. Around it:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from ipaddress import IPv4Interface, IPv6Interface
@@ -34,10 +37,22 @@ from tunplug import __version__
 from tunplug.app import App
 from tunplug.exceptions import ConfigError
 from tunplug.gateway import firewall
+from tunplug.gateway.access import AccessState, Snapshot
+from tunplug.gateway.control import MAX_REQUEST as MAX_REQUEST
+from tunplug.gateway.control import (
+    http_response,
+    parse_request_head,
+    read_request_head,
+    send_quietly,
+    serve_control,
+)
+from tunplug.gateway.dns_server import DnsServer, Resolver, parse_upstreams, resolv_conf_servers
 from tunplug.gateway.registry import ClientRecord, Registry
+from tunplug.gateway.resource_store import port_rules_text
 from tunplug.gateway.settings import GatewaySettings
 from tunplug.gateway.validation import parse_port
 from tunplug.node import InterfaceHooks, RunningInterface, run_interface
+from tunplug.resources import PROXY_V4, PROXY_V6, Resource
 from tunplug.systemd import Notifier
 from tunplug.wgquick import PeerSection, WgQuickConfig
 from tunplug.wireguard import PeerConfig, WireGuardDevice
@@ -49,8 +64,6 @@ log = logging.getLogger(__name__)
 POLL_INTERVAL = 0.25
 #: How often client statistics are written to the registry (seconds).
 STATS_INTERVAL = 2.0
-#: The largest HTTP request head the metrics endpoint reads.
-MAX_REQUEST = 8192
 
 
 def client_peer(client: ClientRecord) -> PeerConfig:
@@ -67,8 +80,11 @@ def client_peer(client: ClientRecord) -> PeerConfig:
     )
 
 
-def interface_config(registry: Registry) -> WgQuickConfig:
-    """The gateway interface: key, port, an address in each subnet, one peer per client."""
+def interface_config(
+    registry: Registry, clients: Sequence[ClientRecord] | None = None
+) -> WgQuickConfig:
+    """The gateway interface: key, port, an address in each subnet, one peer per client (of
+    ``clients``, default: the registry's)."""
     gateway = registry.gateway
     return WgQuickConfig(
         private_key=gateway.private_key,
@@ -83,48 +99,52 @@ def interface_config(registry: Registry) -> WgQuickConfig:
                 preshared_key=client.preshared_key,
                 allowed_ips=client_peer(client).allowed_ips,
             )
-            for client in registry.clients()
+            for client in (registry.clients() if clients is None else clients)
         ),
+    )
+
+
+def read_snapshot(registry: Registry) -> Snapshot:
+    """The registry's version, then its clients, resources and groups (blocking). A change
+    between the reads shows as a newer version at the next poll, which reads them again."""
+    return Snapshot(
+        registry.version(), registry.clients(), registry.resources(), registry.client_groups()
     )
 
 
 @dataclass
 class GatewayState:
-    """What the background tasks share: the clients being served, readiness, counters."""
+    """What the background tasks share: who is served and may reach what (:attr:`access`,
+    as of a registry version), readiness, the device."""
 
     registry: Registry
     interface: str
-    clients: dict[bytes, ClientRecord] = field(default_factory=dict)
-    names_by_address: dict[str, str] = field(default_factory=dict)
+    access: AccessState
     ready: bool = False
     device: WireGuardDevice | None = None
     started: float = field(default_factory=time.time)
 
-    def set_clients(self, clients: list[ClientRecord]) -> None:
-        self.clients = {client.public_key: client for client in clients}
-        self.names_by_address = {
-            str(address): client.name
-            for client in clients
-            for address in (client.address_v4, client.address_v6)
-        }
+    @property
+    def clients(self) -> dict[bytes, ClientRecord]:
+        return self.access.clients
 
     def peer_name(self, address: str) -> str | None:
-        return self.names_by_address.get(address)
+        client = self.access.client_at(address)
+        return None if client is None else client.name
 
 
 async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
-    """Apply clients added or revoked (by another process) to the running device."""
+    """Apply what changed in the registry (by another process) to the running gateway: clients
+    to the device, resources and groups to the firewall's sets; then wake the long polls."""
     registry = state.registry
-    seen = await anyio.to_thread.run_sync(registry.version)
     while True:
         await anyio.sleep(POLL_INTERVAL)
         # In a thread: a busy database (another process writing) must not stall the loop.
         version = await anyio.to_thread.run_sync(registry.version)
-        if version == seen:
+        if version == state.access.version:
             continue
-        seen = version
-        current = await anyio.to_thread.run_sync(registry.clients)
-        wanted = {client.public_key: client for client in current}
+        snapshot = await anyio.to_thread.run_sync(read_snapshot, registry)
+        wanted = {client.public_key: client for client in snapshot.clients}
         for key, client in state.clients.items():
             if key not in wanted:
                 device.remove_peer(key)
@@ -135,7 +155,26 @@ async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
                 log.info(
                     "client %s added: %s, %s", client.name, client.address_v4, client.address_v6
                 )
-        state.set_clients(current)
+        access = state.access
+        before = describe_resources(access.resources)
+        access.load(snapshot)
+        await access.apply()
+        after = describe_resources(access.resources)
+        if after != before:
+            log.info("resources now: %s", after)
+        access.notify_changed()
+
+
+def describe_resources(resources: Sequence[Resource]) -> str:
+    """``db (10.10.0.0/16, tcp/5432, groups eng), *.corp.example (tcp/443)`` or ``none``."""
+    parts = []
+    for resource in resources:
+        details = [str(resource.target)] if resource.name != str(resource.target) else []
+        details += [str(rule) for rule in resource.ports]
+        if resource.groups:
+            details.append("groups " + "+".join(resource.groups))
+        parts.append(f"{resource.name} ({', '.join(details)})" if details else resource.name)
+    return ", ".join(parts) or "none"
 
 
 def peer_records(
@@ -270,13 +309,6 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", port
 
 
-def parse_request_head(head: bytes) -> tuple[bytes, str]:
-    """The method and path of an HTTP request head, whatever a client sent (never raises)."""
-    parts = head.split(b" ", 2)
-    path = parts[1].decode("latin-1", "replace") if len(parts) > 1 else ""
-    return parts[0], path
-
-
 async def serve_http(
     state: GatewayState,
     device: WireGuardDevice,
@@ -291,14 +323,7 @@ async def serve_http(
 
     async def handle(stream: anyio.abc.SocketStream) -> None:
         async with stream:
-            head = b""
-            with anyio.move_on_after(5):
-                while b"\r\n\r\n" not in head and len(head) < MAX_REQUEST:
-                    try:
-                        head += await stream.receive(4096)
-                    except (anyio.EndOfStream, anyio.BrokenResourceError):
-                        break
-            method, path = parse_request_head(head)
+            method, path = parse_request_head(await read_request_head(stream))
             if method != b"GET":
                 status, body = "405 Method Not Allowed", "only GET\n"
             elif path == "/healthz":
@@ -313,13 +338,10 @@ async def serve_http(
                 status, body = "200 OK", metrics_text(state, device)
             else:
                 status, body = "404 Not Found", "try /healthz, /readyz or /metrics\n"
-            payload = body.encode()
-            response = (
-                f"HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
-            ).encode() + payload
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                await stream.send(response)
+            response = http_response(
+                status, body.encode(), "text/plain; version=0.0.4", version="1.0"
+            )
+            await send_quietly(stream, response)
 
     async with listener:
         await listener.serve(handle)
@@ -328,10 +350,23 @@ async def serve_http(
 def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None:
     """Serve until SIGINT/SIGTERM (blocking). :raises TunplugError: one line on failure."""
     gateway = registry.gateway
-    config = interface_config(registry)
-    state = GatewayState(registry, settings.interface)
-    state.set_clients(registry.clients())
+    snapshot = read_snapshot(registry)
+    config = interface_config(registry, snapshot.clients)
+    tunnel_addresses = (gateway.gateway_address_v4, gateway.gateway_address_v6)
+    access = AccessState(tunnel_addresses, gateway.dns)
+    access.load(snapshot)
+    state = GatewayState(registry, settings.interface, access)
     metrics = None if settings.metrics_address == "off" else parse_address(settings.metrics_address)
+    upstreams = (
+        parse_upstreams(settings.dns_upstream) if settings.dns_upstream else resolv_conf_servers()
+    )
+    dns_server = DnsServer(
+        access,
+        Resolver(upstreams),
+        forbidden=(gateway.subnet_v4, gateway.subnet_v6, PROXY_V4, PROXY_V6),
+    )
+    if not upstreams and any(r.kind == "dns" for r in access.resources):
+        log.warning("no upstream DNS server (--dns-upstream, /etc/resolv.conf): DNS resources fail")
     notifier = Notifier()
 
     async def start_metrics(device: WireGuardDevice) -> None:
@@ -339,6 +374,12 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
             await serve_http(state, device, metrics)
         else:
             await anyio.sleep_forever()
+
+    async def start_control(device: WireGuardDevice) -> None:
+        await serve_control(access, tunnel_addresses)
+
+    async def start_dns(device: WireGuardDevice) -> None:
+        await dns_server.serve(tunnel_addresses)
 
     def on_ready(running: RunningInterface) -> None:
         state.ready = True
@@ -348,7 +389,7 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
             running.listen_port,
             format_key(gateway.public_key),
             len(state.clients),
-            ", ".join(r.name for r in registry.resources()) or "none",
+            describe_resources(access.resources),
         )
         notifier.status(f"serving {len(state.clients)} client(s) on {running.interface}")
 
@@ -359,6 +400,8 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
             partial(follow_registry, state),
             partial(write_stats, state),
             start_metrics,
+            start_control,
+            start_dns,
         ),
         peer_name=state.peer_name,
     )
@@ -368,9 +411,12 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
             settings.interface,
             gateway.subnet_v4,
             gateway.subnet_v6,
-            [r.target.network for r in registry.resources() if r.target.network is not None],
-        ),
+            gateway.gateway_address_v4,
+            gateway.gateway_address_v6,
+            access.contents(),
+        ) as installed,
     ):
+        access.firewall = installed
         anyio.run(
             partial(
                 run_interface, app, config, name=settings.interface, role="gateway", hooks=hooks
@@ -384,6 +430,7 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
 
     gateway = registry.gateway
     clients = registry.clients()
+    resources = registry.resources()
     running = firewall.dropped_packets(settings.interface) is not None
     if as_json:
         json.dump(
@@ -393,7 +440,9 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
                 "public_key": format_key(gateway.public_key),
                 "endpoint": gateway.endpoint,
                 "listen_port": gateway.listen_port,
-                "resources": [r.view().model_dump() for r in registry.resources()],
+                "resources": [
+                    {**r.view().model_dump(), "groups": list(r.groups)} for r in resources
+                ],
                 "dropped_not_resource": firewall.dropped_packets(settings.interface),
                 "peers": [
                     {
@@ -415,7 +464,14 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
     print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
     print(f"  public key: {format_key(gateway.public_key)}")
     print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
-    print(f"  resources: {', '.join(r.name for r in registry.resources()) or 'none'}")
+    print(f"  resources: {'none' if not resources else ''}")
+    for resource in resources:
+        target = f"{resource.kind} {resource.target}"
+        groups = ", ".join(resource.groups) or "every client"
+        print(
+            f"    {resource.name}: {target}, ports {port_rules_text(resource.ports)}, "
+            f"groups {groups}"
+        )
     for client in clients:
         print()
         print(f"peer: {format_key(client.public_key)} ({client.name})")
