@@ -21,12 +21,24 @@ class DnsSettings:
 
     ``full_tunnel`` asks that every query go to ``servers`` (``~.`` with systemd-resolved),
     not only those for ``domains``.
+
+    ``routing_domains`` are routing-only domains (a gateway's DNS resources): queries for
+    names under them, and only those, go to ``routing_servers`` (through the tunnel); every
+    other name resolves as it did before (with ``servers`` when there are any, else with the
+    system's own servers). They are never search domains.
     """
 
     interface: str
     servers: tuple[IPv4Address | IPv6Address, ...] = ()
     domains: tuple[str, ...] = ()
     full_tunnel: bool = False
+    routing_servers: tuple[IPv4Address | IPv6Address, ...] = ()
+    routing_domains: tuple[str, ...] = ()
+
+    @property
+    def routes_names(self) -> bool:
+        """Whether some names (the routing domains) have servers of their own."""
+        return bool(self.routing_servers and self.routing_domains)
 
 
 class DnsManager(ABC):

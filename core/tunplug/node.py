@@ -5,7 +5,9 @@ service (:mod:`tunplug.service.server`). It builds everything from the config, r
 :class:`~tunplug.engine.TunnelEngine`, and on any exit (SIGINT, SIGTERM, error) takes it all
 down again: DNS settings, policy rules, routes, addresses and the device (which the kernel
 deletes once tunplug's descriptors close, also after SIGKILL). :class:`InterfaceHooks` holds the
-optional parts: reload on SIGHUP, DNS, systemd notifications, ``--exit``, background tasks.
+optional parts: reload on SIGHUP, DNS, systemd notifications, ``--exit``, background tasks,
+and controllers (:class:`LiveTunnel`: the control channel changes routes and DNS of the running
+tunnel through the same operation as a reload).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields, replace
 from dataclasses import field as dc_field
-from ipaddress import IPv4Network, IPv6Network
-from typing import Any
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -116,8 +118,14 @@ def is_full_tunnel(config: WgQuickConfig) -> bool:
     return any(network.prefixlen == 0 for network in allowed_networks(config))
 
 
-def restart_needed(old: WgQuickConfig, new: WgQuickConfig) -> list[str]:
-    """The settings a reload cannot apply to a running device (a restart is needed)."""
+def restart_needed(
+    old: WgQuickConfig, new: WgQuickConfig, *, full_tunnel_switchable: bool = False
+) -> list[str]:
+    """The settings a reload cannot apply to a running device (a restart is needed).
+
+    ``full_tunnel_switchable``: the UDP socket carries the full-tunnel mark from the start, so
+    the full tunnel can be turned on and off while running.
+    """
     changed = []
     if old.addresses != new.addresses:
         changed.append("Address")
@@ -125,9 +133,61 @@ def restart_needed(old: WgQuickConfig, new: WgQuickConfig) -> list[str]:
         changed.append("MTU")
     if old.listen_port != new.listen_port:
         changed.append("ListenPort")
-    if is_full_tunnel(old) != is_full_tunnel(new):
+    if not full_tunnel_switchable and is_full_tunnel(old) != is_full_tunnel(new):
         changed.append("full tunnel (0.0.0.0/0 or ::/0 in AllowedIPs)")
     return changed
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingDns:
+    """DNS servers for the names under ``domains`` only (routing domains: the gateway's DNS
+    resources); every other name resolves as it did before the tunnel."""
+
+    servers: tuple[IPv4Address | IPv6Address, ...] = ()
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What :meth:`LiveTunnel.update` changed on the running tunnel."""
+
+    routes_added: tuple[Network, ...] = ()
+    routes_removed: tuple[Network, ...] = ()
+    dns_changed: bool = False
+    #: The full tunnel's new state when it was turned on or off, else ``None``.
+    full_tunnel: bool | None = None
+
+
+class LiveTunnel(Protocol):
+    """The running tunnel as a controller (:attr:`InterfaceHooks.controllers`) sees it.
+
+    The runner owns the configuration: a controller reads it and hands a changed copy to
+    :meth:`update`, the operation SIGHUP uses, which keeps the device and its sessions.
+    """
+
+    @property
+    def interface(self) -> str:
+        """The interface name."""
+
+    @property
+    def config(self) -> WgQuickConfig:
+        """The configuration the tunnel runs now."""
+
+    @property
+    def routing_dns(self) -> RoutingDns:
+        """The routing-only DNS applied now."""
+
+    @property
+    def device(self) -> WireGuardDevice:
+        """The sans-IO device (for handshake times)."""
+
+    async def update(self, config: WgQuickConfig, routing_dns: RoutingDns | None = None) -> Applied:
+        """Apply ``config`` (peers, routes, DNS, the full tunnel when the socket allows it)
+        and ``routing_dns`` (``None``: unchanged) without recreating the device.
+
+        :raises ConfigError: a setting that needs a restart changed (addresses, MTU, port).
+        :raises TunplugError: the system refused a route or the DNS change.
+        """
 
 
 @dataclass(slots=True)
@@ -151,6 +211,13 @@ class InterfaceHooks:
     background: Sequence[Callable[[WireGuardDevice], Coroutine[Any, Any, None]]] = ()
     #: Tunnel address -> peer name, for plugins (:attr:`TunnelInfo.peer_name`).
     peer_name: Callable[[str], str | None] | None = None
+    #: Tasks that run beside the engine and change the running tunnel through
+    #: :meth:`LiveTunnel.update` (the control channel, :mod:`tunplug.control`).
+    controllers: Sequence[Callable[[LiveTunnel], Coroutine[Any, Any, None]]] = ()
+    #: Bind the UDP socket with ``full_tunnel_mark`` even when the configuration is not a full
+    #: tunnel, so that a controller can turn the full tunnel on later (a mark no rule looks at
+    #: changes nothing).
+    mark_socket: bool = False
 
 
 async def run_interface(
@@ -191,18 +258,32 @@ class _Runner:
         self.data_path = app.data_path()
         self.device = build_device(app, config, self.data_path)
         self.full_tunnel = is_full_tunnel(config)
+        self.mark = hooks.full_tunnel_mark if self.full_tunnel or hooks.mark_socket else None
         self.dns_active = False
+        self.routing_dns = RoutingDns()
+
+    @property
+    def interface(self) -> str:
+        return self.tun.name
 
     def _dns_settings(self, interface: str, config: WgQuickConfig) -> DnsSettings:
         return DnsSettings(
             interface=interface,
             servers=config.dns_servers,
             domains=config.dns_domains,
-            full_tunnel=self.full_tunnel,
+            # Every query to the tunnel only when it has servers for every query.
+            full_tunnel=self.full_tunnel and bool(config.dns_servers),
+            routing_servers=self.routing_dns.servers,
+            routing_domains=self.routing_dns.domains,
+        )
+
+    def _wants_dns(self, config: WgQuickConfig) -> bool:
+        return self.hooks.dns is not None and bool(
+            config.dns_servers or (self.routing_dns.servers and self.routing_dns.domains)
         )
 
     async def run(self, stop_on_signals: bool) -> None:
-        app, config, hooks = self.app, self.config, self.hooks
+        app, config = self.app, self.config
         settings = app.settings
         options = TunOptions(
             name=self.name,
@@ -214,7 +295,7 @@ class _Runner:
             packet_ops=self.data_path.packet_ops(),
         )
         app.configure()
-        mark = hooks.full_tunnel_mark if self.full_tunnel else None
+        mark = self.mark
         async with await app.open_tun(options) as tun:
             self.tun = tun
             networks = allowed_networks(config)
@@ -270,7 +351,7 @@ class _Runner:
             ready.public_key,
             ", full tunnel" if self.full_tunnel else "",
         )
-        if hooks.dns is not None and config.dns_servers:
+        if hooks.dns is not None and self._wants_dns(config):
             await hooks.dns.activate(self._dns_settings(tun.name, config))
             self.dns_active = True
         app.plugins.notify_tunnel_up(info)
@@ -290,6 +371,9 @@ class _Runner:
                     await tasks.start(self._signals, tasks.cancel_scope, name="signals")
                 for task in hooks.background:
                     tasks.start_soon(task, self.device, name=getattr(task, "__name__", "task"))
+                for controller in hooks.controllers:
+                    name = getattr(controller, "__name__", "controller")
+                    tasks.start_soon(controller, self, name=name)
                 hooks.notifier.ready(f"{tun.name} up, waiting for a handshake")
                 if hooks.on_ready is not None:
                     hooks.on_ready(ready)
@@ -335,7 +419,7 @@ class _Runner:
         hooks.notifier.reloading()
         try:
             new = hooks.reload()
-            changed = restart_needed(self.config, new)
+            changed = restart_needed(self.config, new, full_tunnel_switchable=self.mark is not None)
             if changed:
                 log.error(
                     "received SIGHUP: %s changed, which needs a restart; "
@@ -343,14 +427,32 @@ class _Runner:
                     ", ".join(changed),
                 )
                 return
+            old = self.config
             await self._apply(new)
+            log.info(
+                "received SIGHUP: configuration reloaded (%d peer(s)%s)",
+                len(new.peers),
+                ", new private key" if new.private_key != old.private_key else "",
+            )
         except TunplugError as exc:
             log.error("received SIGHUP: reload failed, still running the previous one: %s", exc)
         finally:
             hooks.notifier.status(f"{self.tun.name} up")
 
-    async def _apply(self, new: WgQuickConfig) -> None:
+    async def update(self, config: WgQuickConfig, routing_dns: RoutingDns | None = None) -> Applied:
+        """:meth:`LiveTunnel.update`: a controller's change, applied as a reload is."""
+        changed = restart_needed(self.config, config, full_tunnel_switchable=self.mark is not None)
+        if changed:
+            raise ConfigError("control", f"{', '.join(changed)} cannot change while running")
+        return await self._apply(config, routing_dns)
+
+    async def _apply(self, new: WgQuickConfig, routing_dns: RoutingDns | None = None) -> Applied:
+        """The one operation that changes the running tunnel's configuration (SIGHUP and the
+        controllers): peers updated in place, routes diffed, the full tunnel switched, DNS
+        re-applied only when it changed."""
         old = self.config
+        old_routing = self.routing_dns
+        routing_dns = old_routing if routing_dns is None else routing_dns
         if new.private_key != old.private_key:
             # A new identity: a new device (sessions start over); the interface stays.
             self.device = build_device(self.app, new, self.data_path)
@@ -358,26 +460,47 @@ class _Runner:
         else:
             wanted = peer_configs(new)
             keep = {peer.public_key for peer in wanted}
+            configured = {peer.public_key: peer.endpoint for peer in old.peers}
             for peer in self.device.peer_stats():
                 if peer.public_key not in keep:
                     self.device.remove_peer(peer.public_key)
             for peer_config in wanted:
+                if configured.get(peer_config.public_key, False) == peer_config.endpoint:
+                    # An endpoint the configuration did not change keeps the device's current
+                    # one (roaming, endpoint failover).
+                    peer_config = replace(peer_config, endpoint=None)
                 self.device.add_peer(peer_config)  # updates in place, sessions kept
-        old_routes = {n for n in allowed_networks(old) if n.prefixlen}
+        old_routes = [n for n in allowed_networks(old) if n.prefixlen]
         new_routes = [n for n in allowed_networks(new) if n.prefixlen]
-        await self.tun.remove_routes([n for n in old_routes if n not in set(new_routes)])
-        await self.tun.add_routes([n for n in new_routes if n not in old_routes])
-        if (old.dns_servers, old.dns_domains) != (new.dns_servers, new.dns_domains):
+        removed = tuple(n for n in old_routes if n not in set(new_routes))
+        added = tuple(n for n in new_routes if n not in set(old_routes))
+        await self.tun.remove_routes(removed)
+        await self.tun.add_routes(added)
+        full = is_full_tunnel(new)
+        switched = None
+        if full != self.full_tunnel:
+            assert self.mark is not None  # restart_needed refuses it otherwise
+            if full:
+                defaults = [n for n in allowed_networks(new) if not n.prefixlen]
+                await self.tun.route_all_traffic(defaults, self.mark)
+            else:
+                # The default routes of the mark's table go; its two rules stay until the
+                # device closes, and without routes in the table they send nothing there.
+                await self.tun.remove_routes([n for n in allowed_networks(old) if not n.prefixlen])
+            self.full_tunnel = switched = full
+        self.config = new
+        self.routing_dns = routing_dns
+        dns_changed = (old.dns_servers, old.dns_domains, old_routing) != (
+            new.dns_servers,
+            new.dns_domains,
+            routing_dns,
+        ) or (switched is not None and bool(new.dns_servers))
+        if dns_changed:
             await self._dns_off()
-            if self.hooks.dns is not None and new.dns_servers:
+            if self.hooks.dns is not None and self._wants_dns(new):
                 await self.hooks.dns.activate(self._dns_settings(self.tun.name, new))
                 self.dns_active = True
-        self.config = new
-        log.info(
-            "received SIGHUP: configuration reloaded (%d peer(s)%s)",
-            len(new.peers),
-            ", new private key" if new.private_key != old.private_key else "",
-        )
+        return Applied(added, removed, dns_changed, switched)
 
     async def _watch_handshakes(self, scope: anyio.CancelScope) -> None:
         """Log each completed handshake once, from a timer (never from the packet path).

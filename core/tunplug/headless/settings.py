@@ -48,3 +48,8 @@ class HeadlessSettings(TunplugSettings):
         le=0xFFFFFFFF,
         description="routing table and fwmark used for a full tunnel (0.0.0.0/0 in AllowedIPs)",
     )
+    activate_internet_resource: bool = Field(
+        False,
+        description="route all traffic through the gateway when it offers the Internet "
+        "resource (tokens with a control channel)",
+    )

@@ -196,6 +196,19 @@ def format_status(status: p.TunnelStatus, now: float | None = None) -> str:
         lines.append(f"  dns: {', '.join(status.dns_servers)} (via {status.dns_control})")
     if status.last_error:
         lines.append(f"  last error: {status.last_error}")
+    if status.control:
+        lines.append(f"  control channel: {status.control}")
+    internet = status.internet_resource
+    if internet is not None and (internet.offered or internet.requested):
+        state = "active" if internet.active else "offered" if internet.offered else "not offered"
+        asked = "requested" if internet.requested else "not requested"
+        lines.append(f"  internet resource: {state} ({asked})")
+    for resource in status.resources:
+        ports = f" {','.join(resource.ports)}" if resource.ports else ""
+        reachable = "reachable" if resource.reachable else "not reachable"
+        lines.append(
+            f"  resource {resource.name}: {resource.kind} {resource.target}{ports}, {reachable}"
+        )
     for peer in status.peers:
         lines += ["", f"peer: {peer.public_key}"]
         lines.append(f"  endpoint: {peer.endpoint or '(none)'}")

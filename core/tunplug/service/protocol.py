@@ -113,6 +113,14 @@ class SetDnsControl(Message):
     mode: str = Field(min_length=1, max_length=64)
 
 
+class SetInternetResource(Message):
+    """Use the gateway's Internet resource (route everything into the tunnel) or stop using
+    it; applies to the running tunnel at once and to later ones."""
+
+    type: Literal["SetInternetResource"] = "SetInternetResource"
+    active: bool = Field(strict=True)
+
+
 class ClearLogs(Message):
     """Empty the service's log file and delete its rotated copies."""
 
@@ -166,6 +174,35 @@ class PeerStatus(BaseModel):
     persistent_keepalive: int | None = None
 
 
+class ResourceStatus(BaseModel):
+    """One resource of the gateway's control channel, as the client applied it."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    #: ``cidr``, ``dns`` or ``internet``.
+    kind: str
+    #: A network, a DNS name or wildcard, or ``internet``.
+    target: str
+    #: Port rules (``tcp/443``); empty: every protocol and port.
+    ports: list[str] = Field(default_factory=list)
+    #: In the applied view, and the tunnel has had a handshake recent enough to carry traffic.
+    reachable: bool = False
+
+
+class InternetResourceStatus(BaseModel):
+    """The gateway's Internet resource for this client."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    #: The gateway offers it to this client.
+    offered: bool = False
+    #: The user asked for it (``--activate-internet-resource``, ``SetInternetResource``).
+    requested: bool = False
+    #: All traffic goes through the tunnel now (offered and requested).
+    active: bool = False
+
+
 class TunnelStatus(BaseModel):
     """The tunnel as the service sees it (in ``StatusReply``)."""
 
@@ -185,6 +222,12 @@ class TunnelStatus(BaseModel):
     peers: list[PeerStatus] = Field(default_factory=list)
     #: Why the last tunnel ended, if it failed.
     last_error: str | None = None
+    #: The gateway's control channel (``address:port``), when the token has one.
+    control: str | None = None
+    #: The resources the control channel gave this client.
+    resources: list[ResourceStatus] = Field(default_factory=list)
+    #: The Internet resource (``None`` without a control channel).
+    internet_resource: InternetResourceStatus | None = None
 
 
 class StatusReply(Message):
@@ -219,6 +262,9 @@ class StatsUpdate(Message):
     type: Literal["StatsUpdate"] = "StatsUpdate"
     interface: str
     peers: list[PeerStatus]
+    #: As in ``TunnelStatus``: the control channel's resources and the Internet resource.
+    resources: list[ResourceStatus] = Field(default_factory=list)
+    internet_resource: InternetResourceStatus | None = None
 
 
 class TerminatingGracefully(Message):
@@ -228,7 +274,14 @@ class TerminatingGracefully(Message):
 
 
 Request = Annotated[
-    Hello | Connect | Disconnect | Status | SetDnsControl | ClearLogs | Subscribe,
+    Hello
+    | Connect
+    | Disconnect
+    | Status
+    | SetDnsControl
+    | SetInternetResource
+    | ClearLogs
+    | Subscribe,
     Field(discriminator="type"),
 ]
 Reply = Annotated[
@@ -246,7 +299,7 @@ REQUESTS: TypeAdapter[Request] = TypeAdapter(Request)
 REPLIES: TypeAdapter[Reply] = TypeAdapter(Reply)
 REQUEST_TYPES = frozenset(
     ("Hello", "Connect", "Disconnect", "Status", "SetDnsControl", "ClearLogs", "Subscribe")
-)
+) | {"SetInternetResource"}
 REPLY_TYPES = frozenset(
     ("Welcome", "Ok", "Error", "StatusReply", "TunnelReady", "Disconnected", "StatsUpdate")
 ) | {"TerminatingGracefully"}

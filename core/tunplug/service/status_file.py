@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -25,6 +25,9 @@ from tunplug.wgquick import WgQuickConfig
 from tunplug.wireguard import WireGuardDevice
 from tunplug.wireguard.keys import format_key
 from tunplug.wireguard.peer import PeerStats
+
+if TYPE_CHECKING:
+    from tunplug.control import ControlChannel
 
 DEFAULT_STATUS_FILE = Path("/run/dev.tunplug.client/status.json")
 STATUS_INTERVAL = 1.0
@@ -65,11 +68,28 @@ def write_status_file(path: Path, status: p.TunnelStatus) -> None:
     os.replace(temporary, path)
 
 
+def control_statuses(control: ControlChannel | None) -> dict[str, Any]:
+    """The ``TunnelStatus`` fields that come from the control channel (none without one)."""
+    if control is None:
+        return {}
+    host, port = control.address
+    return {
+        "control": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        "resources": control.resources(),
+        "internet_resource": control.internet_status(),
+    }
+
+
 def status_file_task(
-    path: Path, interface: str, config: WgQuickConfig, client_name: str | None = None
+    path: Path,
+    interface: str,
+    config: WgQuickConfig,
+    client_name: str | None = None,
+    control: ControlChannel | None = None,
 ) -> Callable[[WireGuardDevice], Coroutine[Any, Any, None]]:
     """A background task for :class:`~tunplug.node.InterfaceHooks`: writes ``path`` every
-    second while the tunnel runs, and removes it at the end."""
+    second while the tunnel runs, and removes it at the end. With ``control``, the status
+    has the resources and the Internet resource."""
 
     async def write_status(device: WireGuardDevice) -> None:
         await anyio.to_thread.run_sync(lambda: path.parent.mkdir(mode=0o755, exist_ok=True))
@@ -83,6 +103,7 @@ def status_file_task(
                     addresses=[str(address) for address in config.addresses],
                     dns_servers=[str(server) for server in config.dns_servers],
                     peers=peer_statuses(device),
+                    **control_statuses(control),
                 )
                 await anyio.to_thread.run_sync(write_status_file, path, status)
                 await anyio.sleep(STATUS_INTERVAL)

@@ -46,6 +46,9 @@ def check_settings(settings: DnsSettings) -> None:
     for domain in settings.domains:
         if not _DOMAIN.match(domain):
             raise DnsError(f"DNS: invalid search domain {domain!r} for {name}")
+    for domain in settings.routing_domains:
+        if not _DOMAIN.match(domain):
+            raise DnsError(f"DNS: invalid routing domain {domain!r} for {name}")
 
 
 def join_servers(servers: Sequence[object]) -> str:

@@ -48,7 +48,7 @@ import anyio.to_thread
 
 from tunplug.dns import DnsManager, DnsSettings
 from tunplug.exceptions import BackendUnavailable
-from tunplug_dns._common import DnsError, StateFile, check_settings, join_servers
+from tunplug_dns._common import DnsError, StateFile, check_settings
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -160,18 +160,26 @@ class WindowsNrpt(DnsManager):
         check_settings(settings)
         iface = settings.interface
         self._remove_leftovers(iface)
-        if not settings.servers:
+        # (namespaces, servers) per rule: the routing domains to their own servers, then the
+        # tunnel's servers for their domains (or everything).
+        groups: list[tuple[list[str], str]] = []
+        if settings.routes_names:
+            namespaces = ["." + domain.rstrip(".") for domain in settings.routing_domains]
+            groups.append((namespaces, ";".join(map(str, settings.routing_servers))))
+        if settings.servers:
+            if settings.full_tunnel or not settings.domains:
+                namespaces = ["."]
+            else:
+                namespaces = ["." + domain.rstrip(".") for domain in settings.domains]
+            groups.append((namespaces, ";".join(map(str, settings.servers))))
+        if not groups:
             log.info("no DNS servers for %s: adding no NRPT rule", iface)
             return
-        if settings.full_tunnel or not settings.domains:
-            namespaces = ["."]
-        else:
-            namespaces = ["." + domain.rstrip(".") for domain in settings.domains]
         chunks = [
-            namespaces[i : i + MAX_NAMESPACES_PER_RULE]
+            (namespaces[i : i + MAX_NAMESPACES_PER_RULE], servers)
+            for namespaces, servers in groups
             for i in range(0, len(namespaces), MAX_NAMESPACES_PER_RULE)
         ]
-        servers = ";".join(map(str, settings.servers))
         bases = [LOCAL_POLICY_PATH]
         uses_group_policy = self._registry_call(
             "look for Group Policy NRPT rules", self.registry.key_exists, GROUP_POLICY_PATH
@@ -182,7 +190,7 @@ class WindowsNrpt(DnsManager):
         self._state.write({"format": 1, "interfaces": [iface]})
         try:
             for base in bases:
-                for index, chunk in enumerate(chunks):
+                for index, (chunk, servers) in enumerate(chunks):
                     values = rule_values(iface, chunk, servers, self.state_dir)
                     path = f"{base}\\{rule_key_name(iface, index)}"
                     self._registry_call(f"write {path}", self.registry.write_key, path, values)
@@ -195,13 +203,14 @@ class WindowsNrpt(DnsManager):
                 self._state.remove()
             raise
         self._refresh(group_policy=GROUP_POLICY_PATH in bases)
-        log.info(
-            "NRPT sends %s to %s for %s%s",
-            "all DNS queries" if namespaces == ["."] else " ".join(namespaces),
-            join_servers(settings.servers),
-            iface,
-            " (also as Group Policy rules)" if GROUP_POLICY_PATH in bases else "",
-        )
+        for namespaces, servers in groups:
+            log.info(
+                "NRPT sends %s to %s for %s%s",
+                "all DNS queries" if namespaces == ["."] else " ".join(namespaces),
+                servers.replace(";", ", "),
+                iface,
+                " (also as Group Policy rules)" if GROUP_POLICY_PATH in bases else "",
+            )
 
     def _deactivate(self) -> None:
         state = self._state.read()

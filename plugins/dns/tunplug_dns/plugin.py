@@ -25,11 +25,15 @@ class DisabledDns(DnsManager):
     description = "leave the system resolver untouched"
 
     async def activate(self, settings: DnsSettings) -> None:
-        if settings.servers:
+        servers = (*settings.servers, *settings.routing_servers)
+        if servers:
             log.info(
-                "DNS control is disabled: not configuring %s for %s",
-                ", ".join(map(str, settings.servers)),
+                "DNS control is disabled: not configuring %s for %s%s",
+                ", ".join(map(str, servers)),
                 settings.interface,
+                f" (routing domains {' '.join(settings.routing_domains)})"
+                if settings.routing_domains
+                else "",
             )
 
     async def deactivate(self) -> None:

@@ -20,6 +20,14 @@ What it does, in order:
 
 resolv.conf has no split DNS: every query goes to the servers listed, whatever
 ``full_tunnel`` says (a log line says so). glibc reads at most three ``nameserver`` lines.
+
+Routing-only domains (``routing_domains``, a gateway's DNS resources) are the exception: then
+the manager runs a stub resolver (:mod:`tunplug_dns.stub`) on :data:`~tunplug_dns.stub.
+DEFAULT_ADDRESS` for as long as the settings are active, and the file names only the stub
+(the original's ``search`` and ``options`` lines kept). The stub sends names under the routing
+domains to ``routing_servers`` and everything else to ``servers``, or, without those, to the
+nameservers of the file it replaced. The stub lives in the tunnel's process: it ends with it,
+and the next run restores the file as after any crash.
 """
 
 from __future__ import annotations
@@ -45,6 +53,13 @@ from tunplug_dns._common import (
     check_settings,
     join_servers,
     write_atomically,
+)
+from tunplug_dns.stub import (
+    DEFAULT_ADDRESS,
+    StubResolver,
+    StubRoutes,
+    Upstream,
+    resolv_conf_nameservers,
 )
 
 log = logging.getLogger(__name__)
@@ -143,21 +158,46 @@ def render(settings: DnsSettings, marker: str, path: Path) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+def render_stub(settings: DnsSettings, marker: str, stub: str, original: bytes) -> bytes:
+    """The resolv.conf text that names only the stub resolver at ``stub``; the search domains
+    of ``settings`` and of the ``original`` text, and the original's ``options`` lines."""
+    search = list(settings.domains)
+    options = []
+    for line in original.decode(errors="replace").splitlines():
+        words = line.split()
+        if words and words[0] in ("search", "domain"):
+            search += [word for word in words[1:] if word not in search]
+        elif words and words[0] == "options":
+            options.append(" ".join(words))
+    lines = [marker, f"nameserver {stub}"]
+    if search:
+        lines.append("search " + " ".join(search))
+    return ("\n".join(lines + options) + "\n").encode()
+
+
 class EtcResolvConf(DnsManager):
     """Replaces ``/etc/resolv.conf`` while the tunnel is up (see the module docstring).
 
-    ``path`` is for tests; the application constructs managers as ``cls(state_dir)``.
+    ``path`` and ``stub_address`` are for tests; the application constructs managers as
+    ``cls(state_dir)``.
     """
 
     name = "etc-resolv-conf"
     description = "rewrite /etc/resolv.conf; the original is restored on exit or after a crash"
     #: Where the system resolver reads its configuration.
     default_path: ClassVar[Path] = Path("/etc/resolv.conf")
+    #: Where the stub resolver listens while there are routing domains.
+    default_stub_address: ClassVar[Upstream] = DEFAULT_ADDRESS
 
-    def __init__(self, state_dir: Path, *, path: Path | None = None) -> None:
+    def __init__(
+        self, state_dir: Path, *, path: Path | None = None, stub_address: Upstream | None = None
+    ) -> None:
         super().__init__(state_dir)
         self.path = path if path is not None else self.default_path
+        self.stub_address = stub_address or self.default_stub_address
         self._backup = StateFile(state_dir, BACKUP_FILE)
+        #: The running stub resolver (routing domains only).
+        self.stub: StubResolver | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -171,12 +211,27 @@ class EtcResolvConf(DnsManager):
         await anyio.to_thread.run_sync(self._activate, settings)
 
     async def deactivate(self) -> None:
-        await anyio.to_thread.run_sync(self._restore, False)
+        await anyio.to_thread.run_sync(self._deactivate)
 
     # -- the work, in a worker thread -----------------------------------------------------
+    def _deactivate(self) -> None:
+        try:
+            self._restore(False)
+        finally:
+            self._stop_stub()
+
+    def _stop_stub(self) -> None:
+        if self.stub is not None:
+            self.stub.stop()
+            self.stub = None
+
     def _activate(self, settings: DnsSettings) -> None:
         check_settings(settings)
         self._restore(True)
+        self._stop_stub()
+        if settings.routes_names:
+            self._activate_stub(settings)
+            return
         if not settings.servers:
             log.info("no DNS servers for %s: leaving %s as it is", settings.interface, self.path)
             return
@@ -193,13 +248,64 @@ class EtcResolvConf(DnsManager):
             f"{MARKER_PREFIX}{settings.interface}: restored on exit (backup in {self.state_dir})"
         )
         content = render(settings, marker, self.path)
-        # The backup is on disk before the file changes: a crash from here on is recoverable.
+        self._replace(original, marker, content, settings.interface)
+        log.info(
+            "%s now sends DNS queries to %s for %s (restored on exit)",
+            self.path,
+            join_servers(settings.servers[:MAX_NAMESERVERS]),
+            settings.interface,
+        )
+
+    def _activate_stub(self, settings: DnsSettings) -> None:
+        """Split DNS: the stub resolver, and a file that names only the stub."""
+        original = read_state(self.path)
+        try:
+            original_text = self.path.read_bytes() if original.kind != "absent" else b""
+        except OSError:
+            original_text = b""  # a dangling symlink: no servers to keep
+        host, port = self.stub_address
+        if settings.servers:
+            defaults = [str(server) for server in settings.servers]
+        else:
+            defaults = [s for s in resolv_conf_nameservers(original_text) if s != host]
+            defaults = defaults or ["127.0.0.1"]  # glibc's default without nameserver lines
+        routes = StubRoutes(
+            routing_domains=settings.routing_domains,
+            routing_servers=tuple((str(server), 53) for server in settings.routing_servers),
+            default_servers=tuple((server, 53) for server in defaults),
+        )
+        stub = StubResolver(routes, (host, port))
+        stub.start()
+        marker = (
+            f"{MARKER_PREFIX}{settings.interface}: restored on exit (backup in {self.state_dir})"
+        )
+        content = render_stub(settings, marker, host, original_text)
+        try:
+            self._replace(original, marker, content, settings.interface)
+        except BaseException:
+            stub.stop()
+            raise
+        self.stub = stub
+        log.info(
+            "%s now names the DNS stub %s: %s go to %s (restored on exit)",
+            self.path,
+            host,
+            " ".join(settings.routing_domains),
+            join_servers(settings.routing_servers),
+        )
+
+    def _replace(self, original: FileState, marker: str, content: bytes, interface: str) -> None:
+        """Record ``original``, then write ``content``; undone again when that fails.
+
+        The backup is on disk before the file changes: a crash from then on is recoverable.
+        Only a failed in-place write leaves a changed file (possibly a part of ours).
+        """
         self._backup.write(
             {
                 "format": 1,
                 "pid": os.getpid(),
                 "path": str(self.path),
-                "interface": settings.interface,
+                "interface": interface,
                 "marker": marker,
                 "written_base64": base64.b64encode(content).decode("ascii"),
                 "original": original.to_json(),
@@ -208,18 +314,11 @@ class EtcResolvConf(DnsManager):
         try:
             self._install_file(self.path, content, mode=0o644, replacing=original)
         except BaseException:
-            # Only a failed in-place write leaves a changed file (possibly a part of ours).
             with contextlib.suppress(DnsError):  # the first error is the one to report
                 if not read_state(self.path).same_as(original):
                     self._put_back(self.path, original)
                 self._backup.remove()
             raise
-        log.info(
-            "%s now sends DNS queries to %s for %s (restored on exit)",
-            self.path,
-            join_servers(settings.servers[:MAX_NAMESERVERS]),
-            settings.interface,
-        )
 
     def _restore(self, leftover: bool) -> None:
         """Put back the recorded file, if it is still ours, and forget the backup."""

@@ -14,6 +14,11 @@ systemd-resolved keeps DNS settings per network link, so nothing system-wide is 
   domains are given, since servers without domains only make sense as the default), ``no``
   for split DNS, so that other names keep using the other links' servers.
 
+Routing-only domains (``routing_domains``, a gateway's DNS resources) become ``~corp.example``
+on the link, with ``routing_servers`` among the link's servers: resolved sends the names under
+them to the link and uses them for nothing else (not a search domain, not the default route
+unless ``servers`` ask for it).
+
 ``deactivate`` runs ``resolvectl revert IFACE``; when the device is already gone resolved has
 dropped its settings with it, and the "no such device" answer counts as done. The interface
 is recorded in ``state_dir`` before the first command, so a run that crashed is reverted by
@@ -93,13 +98,19 @@ class SystemdResolved(DnsManager):
     def _activate(self, settings: DnsSettings) -> None:
         check_settings(settings)
         self._revert_recorded(True)
-        if not settings.servers:
+        routing = settings.routes_names
+        if not settings.servers and not routing:
             log.info("no DNS servers for %s: not configuring systemd-resolved", settings.interface)
             return
         iface = settings.interface
-        default_route = settings.full_tunnel or not settings.domains
-        domains = [*settings.domains, *(["~."] if settings.full_tunnel else [])]
-        commands: list[Sequence[str]] = [["dns", iface, *map(str, settings.servers)]]
+        default_route = bool(settings.servers) and (settings.full_tunnel or not settings.domains)
+        domains = [
+            *settings.domains,
+            *(f"~{domain}" for domain in settings.routing_domains if routing),
+            *(["~."] if settings.full_tunnel and settings.servers else []),
+        ]
+        servers = list(dict.fromkeys([*settings.servers, *settings.routing_servers]))
+        commands: list[Sequence[str]] = [["dns", iface, *map(str, servers)]]
         if domains:
             commands.append(["domain", iface, *domains])
         commands.append(["default-route", iface, "yes" if default_route else "no"])
@@ -119,8 +130,8 @@ class SystemdResolved(DnsManager):
             raise
         log.info(
             "systemd-resolved sends %s to %s on %s",
-            "all DNS queries" if settings.full_tunnel else " ".join(domains) or "DNS queries",
-            join_servers(settings.servers),
+            "all DNS queries" if default_route else " ".join(domains) or "DNS queries",
+            join_servers(servers),
             iface,
         )
 
