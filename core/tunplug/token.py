@@ -16,10 +16,12 @@ import binascii
 import hashlib
 import hmac
 import json
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_interface, ip_network
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from tunplug.endpoints import Resolver, first_address, parse_endpoint, system_resolver
 from tunplug.exceptions import ConfigError
 from tunplug.wgquick import WgQuickConfig, parse_wg_quick
 from tunplug.wireguard.keys import parse_key
@@ -76,6 +78,13 @@ class ClientToken(BaseModel):
                 raise ValueError(f"{item!r} is not one value (line break, ',' or '#')")
         return value
 
+    @field_validator("endpoints")
+    @classmethod
+    def _are_endpoints(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_endpoint(item)
+        return value
+
     @field_validator("addresses")
     @classmethod
     def _are_interfaces(cls, value: list[str]) -> list[str]:
@@ -91,7 +100,11 @@ class ClientToken(BaseModel):
         return value
 
     def to_wg_quick(self) -> str:
-        """The same configuration as a wg-quick file (what stock WireGuard clients read)."""
+        """The same configuration as a wg-quick file (what stock WireGuard clients read): the
+        first endpoint only, as they take one."""
+        return self._wg_quick(self.endpoints[0])
+
+    def _wg_quick(self, endpoint: str | None) -> str:
         lines = ["[Interface]", f"PrivateKey = {self.private_key}"]
         lines.append(f"Address = {', '.join(self.addresses)}")
         dns = [str(server) for server in self.dns_servers] + list(self.dns_domains)
@@ -100,15 +113,26 @@ class ClientToken(BaseModel):
         lines += ["", "[Peer]", f"PublicKey = {self.gateway_key}"]
         if self.preshared_key:
             lines.append(f"PresharedKey = {self.preshared_key}")
-        lines.append(f"Endpoint = {self.endpoints[0]}")
+        if endpoint is not None:
+            lines.append(f"Endpoint = {endpoint}")
         lines.append(f"AllowedIPs = {', '.join(self.routes)}")
         if self.persistent_keepalive:
             lines.append(f"PersistentKeepalive = {self.persistent_keepalive}")
         return "\n".join(lines) + "\n"
 
-    def to_config(self) -> WgQuickConfig:
-        """The parsed configuration the client runs."""
-        return parse_wg_quick(self.to_wg_quick(), "token")
+    def to_config(self, resolver: Resolver | None = None) -> WgQuickConfig:
+        """The parsed configuration the client runs, its peer at the first endpoint.
+
+        A first endpoint whose name does not resolve now (``resolver``: the system's) leaves
+        the peer without an endpoint and logs a WARNING, instead of failing: the clients run
+        :func:`tunplug.endpoints.failover_tasks` beside the tunnel, which resolves it later,
+        and moves on to the other endpoints when one stops answering.
+        """
+        config = parse_wg_quick(self._wg_quick(None), "token")
+        first = parse_endpoint(self.endpoints[0])
+        address = first_address(first, resolver or system_resolver())
+        peer = replace(config.peers[0], endpoint=address, endpoint_text=first.text)
+        return replace(config, peers=(peer,))
 
 
 def _b64(data: bytes) -> str:

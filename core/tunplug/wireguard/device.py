@@ -245,6 +245,24 @@ class WireGuardDevice:
             if peer.endpoint is not None and peer.current is None:
                 peer.timers.new_handshake = float("-inf")
 
+    def retarget(self, public_key: bytes, endpoint: Endpoint | None = None) -> None:
+        """Handshake with a peer at the next :meth:`tick`, even while a session works; first
+        point it at ``endpoint`` when given. Unknown keys are ignored.
+
+        For a client that suspects its path (:mod:`tunplug.endpoints`): the initiation goes
+        out even if one left less than REKEY_TIMEOUT ago, since it is asked for seconds apart
+        (once per suspicion), never per packet.
+        """
+        self._version += 1  # timers may change: next_deadline() looks again
+        peer = self._peers.get(public_key)
+        if peer is None:
+            return
+        if endpoint is not None and endpoint != peer.endpoint:
+            peer.endpoint = endpoint
+            self._changed.add(peer)  # a native data plane sends there too
+        peer.timers.new_handshake = float("-inf")
+        peer.last_sent_handshake = float("-inf")
+
     def peer_stats(self) -> list[PeerStats]:
         """One entry per peer, in the order they were added."""
         return [
