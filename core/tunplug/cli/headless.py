@@ -24,6 +24,7 @@ from tunplug.cli._common import EXIT_CONFIG, EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
 from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
 from tunplug.dns import DnsManager
+from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, PermissionDenied
 from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH, HeadlessSettings
 from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source
@@ -222,12 +223,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             full_tunnel_mark=settings.full_tunnel_table,
             exit_after_handshake=args.exit_timeout if args.exit else None,
             background=[
-                status_file_task(
-                    args.status_file, args.interface, loaded.config, loaded.client_name
-                )
-            ]
-            if args.status_file
-            else [],
+                *failover_tasks(loaded.config, loaded.endpoints),
+                *(
+                    [
+                        status_file_task(
+                            args.status_file, args.interface, loaded.config, loaded.client_name
+                        )
+                    ]
+                    if args.status_file
+                    else []
+                ),
+            ],
         )
         anyio.run(partial(run_interface, app, loaded.config, name=args.interface, hooks=hooks))
         return EXIT_OK

@@ -29,6 +29,9 @@ class Source:
     origin: str
     #: The client's name at the gateway, when the source is a token.
     client_name: str | None = None
+    #: The gateway's ``host:port`` endpoints, in order, when the source is a token (the
+    #: config's peer starts at the first: :mod:`tunplug.endpoints` moves it along).
+    endpoints: tuple[str, ...] = ()
 
 
 class ConfigSource:
@@ -50,7 +53,12 @@ class ConfigSource:
             return Source(load_wg_quick(self.config_path), f"config file {self.config_path}")
         if self._token_from_env is not None:
             client = token.decode(self._token_from_env, TOKEN_VARIABLE)
-            return Source(client.to_config(), f"{TOKEN_VARIABLE} variable", client.name)
+            return Source(
+                client.to_config(),
+                f"{TOKEN_VARIABLE} variable",
+                client.name,
+                tuple(client.endpoints),
+            )
         if not self.token_path.exists():
             raise ConfigError(
                 "--token-path",
@@ -60,7 +68,12 @@ class ConfigSource:
             )
         text = read_private_file(self.token_path, "--token-path")
         client = token.decode(text, str(self.token_path))
-        return Source(client.to_config(), f"token file {self.token_path}", client.name)
+        return Source(
+            client.to_config(),
+            f"token file {self.token_path}",
+            client.name,
+            tuple(client.endpoints),
+        )
 
     def reload(self) -> WgQuickConfig:
         """SIGHUP: the file again (a token from the variable cannot change; it is reused)."""

@@ -33,6 +33,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tunplug import __version__, token
 from tunplug.app import App
+from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.headless.sources import ConfigSource, Source
 from tunplug.node import InterfaceHooks, RunningInterface, run_interface
@@ -434,7 +435,7 @@ class TunnelService:
             )
         try:
             client = token.decode(request.token, "token")
-            loaded = Source(client.to_config(), "a GUI", client.name)
+            loaded = Source(client.to_config(), "a GUI", client.name, tuple(client.endpoints))
         except ConfigError as exc:
             return self._refusal(request.id, p.ErrorCode.INVALID_TOKEN, str(exc))
         self._start_tunnel(loaded, "gui")
@@ -502,7 +503,10 @@ class TunnelService:
             dns=dns,
             notifier=Notifier(""),  # READY/STOPPING belong to the service, not the tunnel
             full_tunnel_mark=self.settings.full_tunnel_table,
-            background=[partial(self._stats, tunnel)],
+            background=[
+                partial(self._stats, tunnel),
+                *failover_tasks(loaded.config, loaded.endpoints),
+            ],
         )
         self._tasks.start_soon(self._run_tunnel, tunnel, hooks, name="tunnel")
 
