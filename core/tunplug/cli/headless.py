@@ -22,6 +22,7 @@ from tunplug import __version__
 from tunplug.app import App
 from tunplug.cli._common import EXIT_CONFIG, EXIT_OK, run_command, setup_logging
 from tunplug.config import load_settings
+from tunplug.control import control_channel
 from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
 from tunplug.dns import DnsManager
 from tunplug.endpoints import failover_tasks
@@ -53,6 +54,7 @@ FLAGS = {
     "dns_control": "--dns-control",
     "state_dir": "--state-dir",
     "flow_logs": "--flow-logs",
+    "activate_internet_resource": "--activate-internet-resource",
 }
 
 
@@ -101,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the tunnel's status there every second for 'tunplug status' "
         f"(the systemd unit uses {DEFAULT_STATUS_FILE}; default: none)",
+    )
+    source.add_argument(
+        "--activate-internet-resource",
+        action="store_true",
+        default=None,
+        help="route all traffic through the gateway while it offers the Internet resource; "
+        "the local network stays reachable (TUNPLUG_ACTIVATE_INTERNET_RESOURCE; tokens with a "
+        "control channel)",
     )
     mode = standalone.add_argument_group("mode")
     mode.add_argument(
@@ -215,9 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             loaded.origin,
             f" (client {loaded.client_name!r})" if loaded.client_name else "",
         )
+        control = control_channel(loaded.control, settings.activate_internet_resource)
         hooks = InterfaceHooks(
             on_ready=_announce,
-            reload=source.reload,
+            reload=source.reload if control is None else lambda: control.overlay(source.reload()),
             dns=dns_manager(app, dns_name, settings.state_dir),
             notifier=Notifier(),
             full_tunnel_mark=settings.full_tunnel_table,
@@ -227,7 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *(
                     [
                         status_file_task(
-                            args.status_file, args.interface, loaded.config, loaded.client_name
+                            args.status_file,
+                            args.interface,
+                            loaded.config,
+                            loaded.client_name,
+                            control,
                         )
                     ]
                     if args.status_file
@@ -235,6 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ),
             ],
         )
+        if control is not None:
+            hooks.controllers = [control.run]
+            # The socket carries the full-tunnel mark from the start whenever the Internet
+            # resource is asked for: the view may offer it at any time.
+            hooks.mark_socket = settings.activate_internet_resource
         anyio.run(partial(run_interface, app, loaded.config, name=args.interface, hooks=hooks))
         return EXIT_OK
 
@@ -334,6 +354,14 @@ def check(
     lines.append(
         f"DNS: {servers}{domains} via {dns}" if servers else "DNS: none in the configuration"
     )
+    internet = "requested" if settings.activate_internet_resource else "not requested"
+    if loaded.control:
+        lines.append(f"resources: from the control channel {loaded.control}")
+        lines.append(f"internet resource: {internet} (used while the gateway offers it)")
+    else:
+        lines.append("resources: none (no control channel: the routes are fixed)")
+        if settings.activate_internet_resource:
+            lines.append("internet resource: requested, but without a control channel ignored")
     lines.append(f"logs: stderr{f' and {settings.log_dir}' if settings.log_dir else ''}")
     problems = []
     if not has_net_admin():

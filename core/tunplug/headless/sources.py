@@ -32,6 +32,8 @@ class Source:
     #: The gateway's ``host:port`` endpoints, in order, when the source is a token (the
     #: config's peer starts at the first: :mod:`tunplug.endpoints` moves it along).
     endpoints: tuple[str, ...] = ()
+    #: The gateway's control channel (``address:port`` in the tunnel), when the token has one.
+    control: str | None = None
 
 
 class ConfigSource:
@@ -58,6 +60,7 @@ class ConfigSource:
                 f"{TOKEN_VARIABLE} variable",
                 client.name,
                 tuple(client.endpoints),
+                control=client.control,
             )
         if not self.token_path.exists():
             raise ConfigError(
@@ -73,6 +76,7 @@ class ConfigSource:
             f"token file {self.token_path}",
             client.name,
             tuple(client.endpoints),
+            control=client.control,
         )
 
     def reload(self) -> WgQuickConfig:

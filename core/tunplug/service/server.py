@@ -33,6 +33,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from tunplug import __version__, token
 from tunplug.app import App
+from tunplug.control import ControlChannel, control_channel
 from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.headless.sources import ConfigSource, Source
@@ -40,7 +41,7 @@ from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.service import protocol as p
 from tunplug.service.access import PeerCredentials, bind_socket, is_authorized, peer_credentials
 from tunplug.service.settings import TunnelServiceSettings
-from tunplug.service.status_file import peer_statuses
+from tunplug.service.status_file import control_statuses, peer_statuses
 from tunplug.systemd import Notifier
 from tunplug.wireguard import WireGuardDevice
 
@@ -78,6 +79,8 @@ class _Tunnel:
     done: anyio.Event = field(default_factory=anyio.Event)
     ready: RunningInterface | None = None
     device: WireGuardDevice | None = None
+    #: The gateway's control channel, when the token has one.
+    control: ControlChannel | None = None
 
 
 class _Connection:
@@ -141,6 +144,8 @@ class TunnelService:
         self.log_file = log_file
         self.stats_interval = stats_interval
         self.dns_control = settings.dns_control
+        #: ``SetInternetResource``: use the gateway's Internet resource (this and later tunnels).
+        self.internet_resource = False
         self.socket_path = settings.service_socket
         self.connections: set[_Connection] = set()
         self.tunnel: _Tunnel | None = None
@@ -392,6 +397,8 @@ class TunnelService:
             return await self._disconnect(request)
         if isinstance(request, p.SetDnsControl):
             return self._set_dns_control(request)
+        if isinstance(request, p.SetInternetResource):
+            return await self._set_internet_resource(request)
         if isinstance(request, p.ClearLogs):
             return self._clear_logs(request)
         raise AssertionError(request)
@@ -435,7 +442,13 @@ class TunnelService:
             )
         try:
             client = token.decode(request.token, "token")
-            loaded = Source(client.to_config(), "a GUI", client.name, tuple(client.endpoints))
+            loaded = Source(
+                client.to_config(),
+                "a GUI",
+                client.name,
+                tuple(client.endpoints),
+                control=client.control,
+            )
         except ConfigError as exc:
             return self._refusal(request.id, p.ErrorCode.INVALID_TOKEN, str(exc))
         self._start_tunnel(loaded, "gui")
@@ -470,6 +483,21 @@ class TunnelService:
         note = "applies from the next Connect" if self.tunnel is not None else None
         return p.Ok(id=request.id, message=note)
 
+    async def _set_internet_resource(self, request: p.SetInternetResource) -> p.Message:
+        self.internet_resource = request.active
+        log.info("Internet resource %s by a client", "requested" if request.active else "off")
+        control = self.tunnel.control if self.tunnel is not None else None
+        if control is None:
+            note = "applies from the next Connect" if self.tunnel is not None else None
+            if self.tunnel is not None and self.tunnel.source.control is None:
+                note = "this tunnel's token has no control channel: no Internet resource"
+            return p.Ok(id=request.id, message=note)
+        await control.set_internet(request.active)
+        internet = control.internet_status()
+        if request.active and not internet.offered:
+            return p.Ok(id=request.id, message="the gateway does not offer it (yet)")
+        return p.Ok(id=request.id, message="active" if internet.active else "off")
+
     def _clear_logs(self, request: p.ClearLogs) -> p.Message:
         if self.log_file is None:
             return p.Ok(id=request.id, message="no log directory: logs go to stderr only")
@@ -491,6 +519,7 @@ class TunnelService:
         dns_name = choose_dns_manager(self.app, self.dns_control, loaded)
         dns = dns_manager(self.app, dns_name, self.settings.state_dir)
         tunnel = _Tunnel(loaded, managed_by, dns_name)
+        tunnel.control = control_channel(loaded.control, self.internet_resource)
         self.tunnel = tunnel
         self.last_error = None
         log.info(
@@ -507,6 +536,10 @@ class TunnelService:
                 partial(self._stats, tunnel),
                 *failover_tasks(loaded.config, loaded.endpoints),
             ],
+            # SetInternetResource may turn the full tunnel on at any time: the socket carries
+            # its mark from the start whenever there is a control channel.
+            controllers=[tunnel.control.run] if tunnel.control is not None else [],
+            mark_socket=tunnel.control is not None,
         )
         self._tasks.start_soon(self._run_tunnel, tunnel, hooks, name="tunnel")
 
@@ -576,7 +609,11 @@ class TunnelService:
             await anyio.sleep(self.stats_interval)
             if tunnel.ready is not None:
                 self.broadcast(
-                    p.StatsUpdate(interface=tunnel.ready.interface, peers=peer_statuses(device))
+                    p.StatsUpdate(
+                        interface=tunnel.ready.interface,
+                        peers=peer_statuses(device),
+                        **control_statuses(tunnel.control),
+                    )
                 )
 
     def status(self) -> p.TunnelStatus:
@@ -605,6 +642,7 @@ class TunnelService:
             dns_servers=[str(server) for server in config.dns_servers],
             dns_control=tunnel.dns_control,
             peers=peer_statuses(tunnel.device) if tunnel.device is not None else [],
+            **control_statuses(tunnel.control),
         )
 
 
