@@ -206,7 +206,10 @@ async def serve_control(
             status, content_type, body = await answer(source, address, method, target)
             await send_quietly(stream, http_response(status, body, content_type))
 
-    async with anyio.create_task_group() as tasks:
+    async with contextlib.AsyncExitStack() as stack:
+        for listener in listeners:
+            await stack.enter_async_context(listener)
+        tasks = await stack.enter_async_context(anyio.create_task_group())
         for listener in listeners:
             tasks.start_soon(listener.serve, handle)
         task_status.started()
