@@ -149,7 +149,7 @@ def start_client(
         issued = registry.add_client(name, groups)
     token = client_token.decode(issued.token)
     if static:
-        wider = token.model_copy(update={"routes": token.routes + WIDER_ROUTES})
+        wider = token.model_copy(update={"routes": token.routes + WIDER_ROUTES + list(routes)})
         source = net.workdir / f"{name}.conf"
         source.touch(mode=0o600)
         source.write_text(wider.to_wg_quick())
@@ -334,3 +334,15 @@ def test_a_dns_resource_is_answered_with_a_proxy_address_that_reaches_the_real_s
     assert query(bob, "db.corp.example") == ("REFUSED", [])
     assert net.stop() == 0
     assert "tunplug" not in net.gateway.run("nft", "list", "ruleset").stdout
+
+
+def test_the_internet_resource_reaches_everything_but_the_other_clients(net):
+    with net.registry() as registry:
+        registry.add_resource("internet")
+    net.start()
+    alice = start_client(net, "alice", static=True, routes=("100.64.0.0/11",))
+    bob = start_client(net, "bob", static=True)
+    assert alice.ping(SERVER) and connects(alice, SERVER, 22) and bob.ping(SERVER)
+    before = net.dropped()
+    assert not alice.ping("100.64.0.3", count=2, wait=1)  # bob's tunnel address
+    assert net.dropped() >= before + 2

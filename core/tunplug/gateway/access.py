@@ -24,8 +24,9 @@ ranges merged.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from ipaddress import (
     IPv4Address,
@@ -40,11 +41,10 @@ from typing import Protocol
 import anyio
 import anyio.to_thread
 
+from tunplug.gateway.dns_server import ProxyTable
 from tunplug.gateway.registry import ClientRecord
 from tunplug.resources import (
     INTERNET_NETWORKS,
-    PROXY_V4,
-    PROXY_V6,
     ClientView,
     PortRule,
     Resource,
@@ -56,6 +56,10 @@ Address = IPv4Address | IPv6Address
 Network = IPv4Network | IPv6Network
 #: Set (and map) name -> its elements as nft text.
 Contents = dict[str, frozenset[str]]
+
+#: Above this many clients to compute, :meth:`AccessState.apply` computes in a worker thread
+#: (10,000 clients with three resources: 0.24 s).
+OFFLOAD_CLIENTS = 500
 
 ACCESS_SETS = (
     "access4",
@@ -148,36 +152,50 @@ def dns_access(
 
 def access_contents(grants: Iterable[Grant]) -> Contents:
     """The elements of every access set for ``grants``, disjoint within each set."""
-    all_protocols: dict[Address, list[Network]] = defaultdict(list)
-    whole_protocol: dict[tuple[Address, str], list[Network]] = defaultdict(list)
-    port_ranges: dict[tuple[Address, str], list[tuple[Network, int, int]]] = defaultdict(list)
+    shapes: dict[Address, set[tuple[Network, tuple[PortRule, ...]]]] = defaultdict(set)
     for grant in grants:
-        if grant.network.version != grant.client.version:
-            continue
-        if not grant.ports:
-            all_protocols[grant.client].append(grant.network)
-        for rule in grant.ports:
-            protocol = _nft_protocol(rule, grant.network.version)
-            if rule.first is None or rule.last is None:
-                whole_protocol[grant.client, protocol].append(grant.network)
-            else:
-                port_ranges[grant.client, protocol].append((grant.network, rule.first, rule.last))
+        if grant.network.version == grant.client.version:
+            shapes[grant.client].add((grant.network, grant.ports))
     elements: dict[str, set[str]] = {name: set() for name in ACCESS_SETS}
-    for client, networks in all_protocols.items():
-        for network in _collapse(networks):
-            elements[f"access{client.version}"].add(f"{client} . {_net(network)}")
-    for (client, protocol), networks in whole_protocol.items():
-        for network in _collapse(networks):
-            elements[f"access{client.version}_proto"].add(
-                f"{client} . {_net(network)} . {protocol}"
-            )
-    for (client, protocol), ranges in port_ranges.items():
-        for network, first, last in _disjoint_ranges(ranges):
-            ports = str(first) if first == last else f"{first}-{last}"
-            elements[f"access{client.version}_port"].add(
-                f"{client} . {_net(network)} . {protocol} . {ports}"
-            )
+    for client, shape in shapes.items():
+        prefix = str(client)
+        for name, suffix in _elements(frozenset(shape)):
+            elements[name].add(f"{prefix} . {suffix}")
     return {name: frozenset(items) for name, items in elements.items()}
+
+
+# Clients in the same groups have the same shape: 10,000 clients and three resources took
+# 0.86 s without this cache, 0.1 s with it.
+@functools.lru_cache(maxsize=4096)
+def _elements(
+    shape: frozenset[tuple[Network, tuple[PortRule, ...]]],
+) -> tuple[tuple[str, str], ...]:
+    """(set name, element without the client) of one client's grants (one IP version)."""
+    all_protocols: list[Network] = []
+    whole_protocol: dict[str, list[Network]] = defaultdict(list)
+    port_ranges: dict[str, list[tuple[Network, int, int]]] = defaultdict(list)
+    version = 4
+    for network, ports in shape:
+        version = network.version
+        if not ports:
+            all_protocols.append(network)
+        for rule in ports:
+            protocol = _nft_protocol(rule, version)
+            if rule.first is None or rule.last is None:
+                whole_protocol[protocol].append(network)
+            else:
+                port_ranges[protocol].append((network, rule.first, rule.last))
+    result = [(f"access{version}", _net(network)) for network in _collapse(all_protocols)]
+    for protocol, networks in whole_protocol.items():
+        result += [
+            (f"access{version}_proto", f"{_net(network)} . {protocol}")
+            for network in _collapse(networks)
+        ]
+    for protocol, ranges in port_ranges.items():
+        for network, first, last in _disjoint_ranges(ranges):
+            ports_text = str(first) if first == last else f"{first}-{last}"
+            result.append((f"access{version}_port", f"{_net(network)} . {protocol} . {ports_text}"))
+    return tuple(result)
 
 
 def proxy_contents(proxies: Mapping[Address, Address]) -> Contents:
@@ -197,44 +215,6 @@ def merge_contents(parts: Iterable[Mapping[str, frozenset[str]]]) -> Contents:
         for name, items in part.items():
             merged[name] |= items
     return {name: frozenset(items) for name, items in merged.items()}
-
-
-class ProxyTable:
-    """Stable proxy addresses for the real addresses of DNS resources: each real address gets
-    the next free address of :data:`~tunplug.resources.PROXY_V4` (or ``PROXY_V6``) the first
-    time it is seen, and keeps it for the table's life (the gateway's run)."""
-
-    def __init__(self, pool_v4: IPv4Network = PROXY_V4, pool_v6: IPv6Network = PROXY_V6) -> None:
-        self._pools: dict[int, Iterator[Address]] = {
-            4: iter(pool_v4.hosts()),
-            6: iter(pool_v6.hosts()),
-        }
-        self._by_real: dict[Address, Address] = {}
-        self._by_proxy: dict[Address, Address] = {}
-
-    def proxy_for(self, real: Address) -> Address:
-        """The proxy address of ``real`` (allocated now if new).
-
-        :raises LookupError: the proxy range of that IP version is used up.
-        """
-        proxy = self._by_real.get(real)
-        if proxy is None:
-            proxy = next(self._pools[real.version], None)
-            if proxy is None:
-                raise LookupError(f"no proxy address left for {real}")
-            self._by_real[real] = proxy
-            self._by_proxy[proxy] = real
-        return proxy
-
-    def real(self, proxy: Address) -> Address | None:
-        return self._by_proxy.get(proxy)
-
-    def mapping(self) -> dict[Address, Address]:
-        """Proxy address -> real address, every one allocated so far."""
-        return dict(self._by_proxy)
-
-    def __len__(self) -> int:
-        return len(self._by_proxy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,11 +261,27 @@ class AccessState:
         self._contents: dict[bytes, Contents] = {}
         self._changed: anyio.Event | None = None
         self._apply_lock: anyio.Lock | None = None
+        #: Changes with every :meth:`load` and new grant (a computation in a thread that saw
+        #: an older generation is not kept).
+        self._generation = 0
 
     def load(self, snapshot: Snapshot) -> None:
         """Serve ``snapshot`` from now on (DNS grants that no longer hold are dropped); then
         :meth:`apply`, then :meth:`notify_changed`."""
-        self.clients = {client.public_key: client for client in snapshot.clients}
+        self._generation += 1
+        clients = {client.public_key: client for client in snapshot.clients}
+        if snapshot.resources != self.resources:
+            self._contents.clear()
+        for key in list(self._contents):
+            old, new = self.clients.get(key), clients.get(key)
+            if (
+                old is None
+                or new is None
+                or (old.address_v4, old.address_v6) != (new.address_v4, new.address_v6)
+                or self.client_groups.get(old.name) != snapshot.client_groups.get(new.name)
+            ):
+                del self._contents[key]
+        self.clients = clients
         self._by_address = {
             str(address): client
             for client in snapshot.clients
@@ -294,16 +290,19 @@ class AccessState:
         self.resources = snapshot.resources
         self.client_groups = snapshot.client_groups
         self.version = snapshot.version
-        valid = valid_dns_grants(
+        kept = valid_dns_grants(
             (grant for grants in self.dns_grants.values() for grant in grants),
             self.clients,
             self.resources,
             self.client_groups,
         )
-        self.dns_grants = {}
-        for grant in valid:
-            self.dns_grants.setdefault(grant.client, set()).add(grant)
-        self._contents.clear()
+        grants: dict[bytes, set[DnsGrant]] = {}
+        for grant in kept:
+            grants.setdefault(grant.client, set()).add(grant)
+        for key, old_grants in self.dns_grants.items():
+            if grants.get(key, set()) != old_grants:
+                self._contents.pop(key, None)
+        self.dns_grants = grants
 
     # -- reading (control channel, DNS server) ----------------------------------------------
     def client_at(self, address: str) -> ClientRecord | None:
@@ -346,24 +345,36 @@ class AccessState:
     def contents(self) -> Contents:
         """Every access set and proxy map as they must be now (computed per client, kept
         until its grants or the registry change)."""
-        for key, client in self.clients.items():
-            if key not in self._contents:
-                grants = resource_grants(client, self.resources, self.groups_of(client))
-                grants += dns_access(client, self.dns_grants.get(key, ()), self.resources)
-                self._contents[key] = access_contents(grants)
+        self._contents.update(_client_contents(self._missing(), self.resources))
         empty = {name: frozenset[str]() for name in ACCESS_SETS}
         return merge_contents(
             [empty, proxy_contents(self.proxies.mapping()), *self._contents.values()]
         )
 
+    def _missing(self) -> list[tuple[ClientRecord, tuple[str, ...], frozenset[DnsGrant]]]:
+        """The clients whose contents are not cached, with what they are computed from."""
+        return [
+            (client, self.groups_of(client), frozenset(self.dns_grants.get(key, ())))
+            for key, client in self.clients.items()
+            if key not in self._contents
+        ]
+
     async def apply(self) -> None:
-        """Bring the firewall's sets in line with :meth:`contents` (in a worker thread).
+        """Bring the firewall's sets in line with :meth:`contents` (nft in a worker thread;
+        many clients' contents too, so that a resource change does not stall the tunnel).
 
         :raises FirewallError: nft refused.
         """
         if self._apply_lock is None:
             self._apply_lock = anyio.Lock()
         async with self._apply_lock:
+            missing = self._missing()
+            while len(missing) > OFFLOAD_CLIENTS:
+                generation = self._generation
+                computed = await anyio.to_thread.run_sync(_client_contents, missing, self.resources)
+                if generation == self._generation:  # else computed from what changed since
+                    self._contents.update(computed)
+                missing = self._missing()
             contents = self.contents()
             if self.firewall is not None:
                 await anyio.to_thread.run_sync(self.firewall.update, contents)
@@ -386,10 +397,25 @@ class AccessState:
             fresh |= {DnsGrant(client.public_key, r.name, name, proxy) for r in resources} - mine
             result.append((real, proxy, proxy not in had))
         if fresh or len(self.proxies) != known:
+            self._generation += 1
             mine |= fresh
             self._contents.pop(client.public_key, None)
             await self.apply()
         return result
+
+
+def _client_contents(
+    clients: Sequence[tuple[ClientRecord, tuple[str, ...], frozenset[DnsGrant]]],
+    resources: Sequence[Resource],
+) -> dict[bytes, Contents]:
+    """Each client's access contents, from its groups and DNS grants (pure: runs in a worker
+    thread for many clients)."""
+    result = {}
+    for client, groups, grants in clients:
+        granted = resource_grants(client, resources, groups)
+        granted += dns_access(client, grants, resources)
+        result[client.public_key] = access_contents(granted)
+    return result
 
 
 def _nft_protocol(rule: PortRule, version: int) -> str:
@@ -406,6 +432,8 @@ def _net(network: Network) -> str:
 
 
 def _collapse(networks: Sequence[Network]) -> list[Network]:
+    if len(networks) < 2:
+        return list(networks)
     return list(collapse_addresses(networks))  # type: ignore[type-var]
 
 

@@ -9,7 +9,7 @@ For a query from a client's tunnel address:
 - a name none of the client's DNS resources covers: ``REFUSED``;
 - A or AAAA of a covered name: resolved upstream (``--dns-upstream``, else the nameservers of
   ``/etc/resolv.conf``, read once at start), each real address given its stable proxy address
-  (:class:`~tunplug.gateway.access.ProxyTable`), the nftables map element proxy -> real and
+  (:class:`ProxyTable`), the nftables map element proxy -> real and
   the client's access to the proxy (with the resource's ports) installed, and only then the
   answer sent: the proxy addresses, TTL at most :data:`MAX_TTL`. The CNAME chain is not shown;
 - another type of a covered name: ``NOERROR`` without records; ``NXDOMAIN`` passes through;
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from pathlib import Path
@@ -47,7 +47,7 @@ import dns.rrset
 from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.gateway.control import bind_both
 from tunplug.gateway.registry import ClientRecord
-from tunplug.resources import DNS_PORT, Resource, name_matches
+from tunplug.resources import DNS_PORT, PROXY_V4, PROXY_V6, Resource, name_matches
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,44 @@ class DnsAuthority(Protocol):
         :raises LookupError: the proxy range is used up.
         """
         ...
+
+
+class ProxyTable:
+    """Stable proxy addresses for the real addresses of DNS resources: each real address gets
+    the next free address of :data:`~tunplug.resources.PROXY_V4` (or ``PROXY_V6``) the first
+    time it is seen, and keeps it for the table's life (the gateway's run)."""
+
+    def __init__(self, pool_v4: IPv4Network = PROXY_V4, pool_v6: IPv6Network = PROXY_V6) -> None:
+        self._pools: dict[int, Iterator[Address]] = {
+            4: iter(pool_v4.hosts()),
+            6: iter(pool_v6.hosts()),
+        }
+        self._by_real: dict[Address, Address] = {}
+        self._by_proxy: dict[Address, Address] = {}
+
+    def proxy_for(self, real: Address) -> Address:
+        """The proxy address of ``real`` (allocated now if new).
+
+        :raises LookupError: the proxy range of that IP version is used up.
+        """
+        proxy = self._by_real.get(real)
+        if proxy is None:
+            proxy = next(self._pools[real.version], None)
+            if proxy is None:
+                raise LookupError(f"no proxy address left for {real}")
+            self._by_real[real] = proxy
+            self._by_proxy[proxy] = real
+        return proxy
+
+    def real(self, proxy: Address) -> Address | None:
+        return self._by_proxy.get(proxy)
+
+    def mapping(self) -> dict[Address, Address]:
+        """Proxy address -> real address, every one allocated so far."""
+        return dict(self._by_proxy)
+
+    def __len__(self) -> int:
+        return len(self._by_proxy)
 
 
 @dataclass(frozen=True, slots=True)

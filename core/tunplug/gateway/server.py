@@ -464,14 +464,13 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
     print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
     print(f"  public key: {format_key(gateway.public_key)}")
     print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
-    print(f"  resources: {'none' if not resources else ''}")
+    print(f"  resources:{'' if resources else ' none'}")
     for resource in resources:
-        target = f"{resource.kind} {resource.target}"
-        groups = ", ".join(resource.groups) or "every client"
-        print(
-            f"    {resource.name}: {target}, ports {port_rules_text(resource.ports)}, "
-            f"groups {groups}"
-        )
+        target = resource.kind
+        if str(resource.target) != resource.name:
+            target += f" {resource.target}"
+        groups = f"groups {', '.join(resource.groups)}" if resource.groups else "every client"
+        print(f"    {resource.name} ({target}): ports {port_rules_text(resource.ports)}; {groups}")
     for client in clients:
         print()
         print(f"peer: {format_key(client.public_key)} ({client.name})")

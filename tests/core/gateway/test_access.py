@@ -9,17 +9,18 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address, ip_netw
 import anyio
 import pytest
 
+from tunplug.gateway import access
 from tunplug.gateway.access import (
     ACCESS_SETS,
     AccessState,
     DnsGrant,
     Grant,
-    ProxyTable,
     Snapshot,
     access_contents,
     resource_grants,
     valid_dns_grants,
 )
+from tunplug.gateway.dns_server import ProxyTable
 from tunplug.gateway.registry import ClientRecord
 from tunplug.resources import PROXY_V4, Resource, parse_port_rules, parse_target
 
@@ -279,3 +280,31 @@ async def test_waiting_for_a_change_returns_when_the_version_moves():
         state.load(Snapshot(8, [LAPTOP], [], {}))
         state.notify_changed()
     assert woke == [8]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offload", [False, True], ids=["in-loop", "worker-thread"])
+async def test_a_registry_change_reaches_exactly_the_clients_it_concerns(monkeypatch, offload):
+    if offload:
+        monkeypatch.setattr(access, "OFFLOAD_CLIENTS", 0)
+    lan = resource("10.10.0.0/16", groups=("eng",), name="lan")
+    state, firewall = state_with(lan, groups={"laptop": ("eng",)})
+    await state.apply()
+    assert firewall.updates[-1]["access4"] == {"100.64.0.2 . 10.10.0.0/16"}
+    # phone joins the group; a new client without groups arrives.
+    tablet = client("tablet", 4)
+    groups = {"laptop": ("eng",), "phone": ("eng",)}
+    state.load(Snapshot(8, [LAPTOP, PHONE, tablet], [lan], groups))
+    await state.apply()
+    assert firewall.updates[-1]["access4"] == {
+        "100.64.0.2 . 10.10.0.0/16",
+        "100.64.0.3 . 10.10.0.0/16",
+    }
+    # The resource opens to everyone.
+    state.load(Snapshot(9, [LAPTOP, PHONE, tablet], [resource("10.10.0.0/16", name="lan")], {}))
+    await state.apply()
+    assert len(firewall.updates[-1]["access4"]) == 3
+    # laptop revoked.
+    state.load(Snapshot(10, [PHONE, tablet], [resource("10.10.0.0/16", name="lan")], {}))
+    await state.apply()
+    assert "100.64.0.2 . 10.10.0.0/16" not in firewall.updates[-1]["access4"]
