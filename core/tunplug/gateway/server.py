@@ -466,7 +466,7 @@ def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -
     print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
     print(f"  resources:{'' if resources else ' none'}")
     for resource in resources:
-        target = resource.kind
+        target: str = resource.kind
         if str(resource.target) != resource.name:
             target += f" {resource.target}"
         groups = f"groups {', '.join(resource.groups)}" if resource.groups else "every client"
