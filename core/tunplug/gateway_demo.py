@@ -11,7 +11,11 @@ Who calls it: ``tunplug demo`` as root (the README's first command), and its tes
 4. Ping the resource; then
    ``iperf3`` to the resource's TCP service with one line per second: throughput, the
    handshake age and the bytes the gateway counted for this client (from its ``/metrics``).
-5. On exit, Ctrl-C or SIGTERM: processes stopped by PID (SIGTERM, so they clean up), the
+5. Resources by name, live: a DNS server in the resource namespace; ``tunplug-gateway resource
+   add '*.corp.example'`` while everything runs; the client (told through the control channel)
+   routes the proxy range, resolves ``db.corp.example`` at the gateway's DNS server through the
+   tunnel and pings the proxy address; ``resource remove`` cuts it again.
+6. On exit, Ctrl-C or SIGTERM: processes stopped by PID (SIGTERM, so they clean up), the
    namespaces and the temp directory removed.
 """
 
@@ -24,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +42,11 @@ GATEWAY_RESOURCE_SIDE = "10.210.0.1"
 RESOURCE = "10.210.0.2"
 RESOURCE_NET = "10.210.0.0/24"
 METRICS = "127.0.0.1:9586"
+#: The DNS resource of step 5, and the name the client resolves.
+DNS_RESOURCE = "*.corp.example"
+DNS_NAME = "db.corp.example"
+#: The gateway's tunnel address (its DNS server for DNS resources).
+GATEWAY_TUNNEL = "100.64.0.1"
 CLIENT_NAME = "demo-laptop"
 #: One iperf3 interval line: "[  5]   1.00-2.00   sec   101 MBytes   848 Mbits/sec ...".
 INTERVAL = re.compile(r"\[\s*\d+\]\s+([\d.]+)-([\d.]+)\s+sec.*?([\d.]+ [KMG]?bits/sec)")
@@ -133,17 +142,21 @@ class GatewayDemo:
         print(ping.stdout.rstrip())
         failures = int(ping.returncode != 0)
         routes = self.client.run("ip", "route", "show", "dev", "tunplug0").stdout.split("\n")
-        shown = ", ".join(line.split()[0] for line in routes if line.strip())
-        print(f"    the client routes only the resources into the tunnel: {shown}; the gateway "
-              "drops anything else a client sends (tests/e2e/test_gateway.py)")  # fmt: skip
+        shown = ", ".join(
+            line.split()[0] for line in routes if line.strip() and GATEWAY_TUNNEL not in line
+        )
+        print(f"    the client routes only the resources into the tunnel: {shown} (and "
+              f"{GATEWAY_TUNNEL}, the gateway's control channel and DNS); the gateway drops "
+              "anything else a client sends (tests/e2e/test_gateway.py)")  # fmt: skip
         failures += self._iperf(seconds)
+        failures += self._dns_resource()
         step("stopping the client and the gateway (SIGTERM)")
         return 1 if failures else 0
 
     def start_tunnel(self, gateway_args: Sequence[str] = ()) -> None:
         """Init the gateway, add the client, start both (``gateway_args`` go to ``run``; the
         soak benchmark passes ``--flow-logs``); returns once both tunnels are up."""
-        state = self.workdir / "gateway-state"
+        state = self.state = self.workdir / "gateway-state"
         gateway_tool, client_tool = _tool("tunplug-gateway"), _tool("tunplug-headless-client")
         step(f"tunplug-gateway init: endpoint {GATEWAY_UNDERLAY}:51820, resource {RESOURCE_NET}")
         subprocess.run(
@@ -164,7 +177,7 @@ class GatewayDemo:
         self._start(
             self.gateway, self.workdir / "gateway.log", "tunnel is up on",
             gateway_tool, "run", "--state-dir", str(state), "--metrics-address", METRICS,
-            *gateway_args,
+            "--dns-upstream", RESOURCE, *gateway_args,
         )  # fmt: skip
         step(f"starting tunplug-headless-client in {self.client.name} with the token")
         self._start(self.client, self.workdir / "client.log", "tunnel is up on",
@@ -209,3 +222,64 @@ class GatewayDemo:
         client.wait(30)
         print(f"    average {total:.0f} Mbit/s through the tunnel")
         return int(client.returncode != 0 or total <= 0)
+
+    def _wait(self, what: str, check: Callable[[], bool], timeout: float = 5.0) -> float | None:
+        """Seconds until ``check()`` held (polled every 0.1 s), or None after ``timeout``."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if check():
+                return time.monotonic() - started
+            time.sleep(0.1)
+        print(f"    {what}: not within {timeout:g} s")
+        return None
+
+    def _proxy_routed(self) -> bool:
+        return "100.96.0.0/11" in self.client.run("ip", "route", "show", "dev", "tunplug0").stdout
+
+    def _dns_resource(self) -> int:
+        """Step 5: a DNS resource added and removed while the client runs."""
+        gateway_tool = _tool("tunplug-gateway")
+        step(f"a DNS server in {self.resource.name} answers {DNS_NAME} with {RESOURCE}")
+        server = self.resource.popen(
+            sys.executable, "-m", "tunplug.testing.dns_server", RESOURCE, "53",
+            f"{DNS_NAME}={RESOURCE}", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        self.processes.insert(0, server)
+        step(f"tunplug-gateway resource add '{DNS_RESOURCE}' --port icmp (live, nothing restarts)")
+        subprocess.run(
+            [gateway_tool, "resource", "add", DNS_RESOURCE, "--port", "icmp",
+             "--state-dir", str(self.state)],
+            check=True, env=self._env(), stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        took = self._wait("the client's proxy route", self._proxy_routed)
+        if took is None:
+            return 1
+        print(f"    {took:.1f} s later the client routes the proxy range 100.96.0.0/11 into the "
+              "tunnel (told by the gateway's control channel)")  # fmt: skip
+        code = (
+            "import dns.message, dns.query, sys; "
+            f"q = dns.message.make_query({DNS_NAME!r}, 'A'); "
+            f"r = dns.query.udp(q, {GATEWAY_TUNNEL!r}, timeout=3); "
+            "print(' '.join(rd.address for rrset in r.answer for rd in rrset))"
+        )
+        answer = self.client.run(sys.executable, "-c", code, check=False, timeout=15)
+        proxy = answer.stdout.strip().split(" ")[0]
+        if not proxy:
+            print(f"    no answer from the gateway's DNS server: {answer.stderr.strip()[-300:]}")
+            return 1
+        print(f"    {DNS_NAME} at the gateway's DNS server ({GATEWAY_TUNNEL}, through the "
+              f"tunnel): {proxy}, a proxy address the gateway translates to "
+              f"{RESOURCE}")  # fmt: skip
+        ping = self.client.run("ping", "-c", "2", "-i", "0.3", "-W", "2", proxy,
+                               check=False, timeout=30)  # fmt: skip
+        print("    " + (ping.stdout.strip().splitlines() or ["no ping output"])[-2])
+        step(f"tunplug-gateway resource remove '{DNS_RESOURCE}'")
+        subprocess.run(
+            [gateway_tool, "resource", "remove", DNS_RESOURCE, "--state-dir", str(self.state)],
+            check=True, env=self._env(), stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        gone = self._wait("the proxy route to go", lambda: not self._proxy_routed())
+        cut = self.client.run("ping", "-c", "1", "-W", "1", proxy, check=False, timeout=10)
+        print(f"    {gone or 0:.1f} s later the route is gone, and {proxy} no longer answers: "
+              f"{'cut' if cut.returncode != 0 else 'STILL ANSWERS'}")  # fmt: skip
+        return int(ping.returncode != 0 or gone is None or cut.returncode == 0)

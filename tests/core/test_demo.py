@@ -44,4 +44,12 @@ def test_live_demo_reaches_the_resource_through_the_gateway_and_cleans_up():
     assert len(live) >= 3, out  # one line per second of iperf3
     assert "handshake none yet" not in live[-1]
     assert "average 0 Mbit/s" not in out
+    # Resources by name, live: added, resolved through the tunnel, reachable, removed, cut.
+    assert "later the client routes the proxy range 100.96.0.0/11" in out
+    assert (
+        "db.corp.example at the gateway's DNS server (100.64.0.1, through the tunnel): 100.96."
+        in out
+    )
+    assert out.count("2 packets transmitted, 2 received") == 2
+    assert "no longer answers: cut" in out
     assert namespaces() == before
