@@ -50,13 +50,17 @@ def sysctls(ns: NetNS) -> dict[str, str]:
 
 def ruleset(ns: NetNS) -> list[dict[str, Any]]:
     """``nft -j list ruleset`` without what changes between two identical rule sets (handles,
-    counter values, nft's own metainfo)."""
+    counter values, set elements, nft's own metainfo)."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, dict):
             if set(value) == {"packets", "bytes"}:
                 return "counted"
-            return {key: clean(item) for key, item in value.items() if key != "handle"}
+            # Set elements: per-client access, which a restart may list in another order or
+            # shape (the table itself must be the same).
+            return {
+                key: clean(item) for key, item in value.items() if key not in ("handle", "elem")
+            }
         if isinstance(value, list):
             return [clean(item) for item in value]
         return value
@@ -67,14 +71,17 @@ def ruleset(ns: NetNS) -> list[dict[str, Any]]:
 
 def registry_health(state: Path) -> dict[str, Any]:
     """What SQLite says of the registry file: integrity, journal mode, and the change count
-    (``gateway.version``) next to the adds and revokes it must equal."""
+    (``gateway.version``) next to the adds, revokes and resources added it must equal."""
     db = sqlite3.connect(state / "registry.db")
     try:
         return {
             "integrity": db.execute("PRAGMA integrity_check").fetchall(),
             "journal_mode": db.execute("PRAGMA journal_mode").fetchone()[0],
             "version": db.execute("SELECT version FROM gateway").fetchone()[0],
-            "changes": db.execute("SELECT COUNT(*) + COUNT(revoked_at) FROM clients").fetchone()[0],
+            "changes": db.execute(
+                "SELECT COUNT(*) + COUNT(revoked_at) + (SELECT COUNT(*) FROM resources) "
+                "FROM clients"
+            ).fetchone()[0],
         }
     finally:
         db.close()
@@ -254,7 +261,8 @@ def network_state(ns: NetNS) -> dict[str, str]:
 
 @pytest.mark.parametrize("routes", ["10.210.0.0/24", "0.0.0.0/0"], ids=["split", "full-tunnel"])
 def test_a_killed_headless_client_is_cleaned_up_by_its_next_run(net, routes):
-    """With a full tunnel (the gateway's resource 0.0.0.0/0), the killed run also leaves its
+    """With a full tunnel (the gateway's Internet resource, which ``init --resource 0.0.0.0/0``
+    adds, used with ``--activate-internet-resource``), the killed run also leaves its
     policy-routing rules, which outlive the device."""
     net.tool("init", "--force", "--endpoint", "10.201.0.2:51820", "--resource", routes,
              "--dns", DNS_SERVER)  # fmt: skip
@@ -277,12 +285,16 @@ def test_a_killed_headless_client_is_cleaned_up_by_its_next_run(net, routes):
     argv = ["unshare", "-m", "sh", "-c", script, "sh", str(resolv), gw.CLIENT, "standalone",
             "--token-path", str(token), "--interface", "tpc0", "--state-dir", str(state),
             "--dns-control", "etc-resolv-conf"]  # fmt: skip
+    if routes == "0.0.0.0/0":
+        argv.append("--activate-internet-resource")
 
     def start(run: int) -> gw.Client:
         log = net.workdir / f"dana-{run}.log"
         with log.open("wb") as out:
             process = ns.popen(*argv, stdout=out, stderr=subprocess.STDOUT, env=gw.env())
         gw.wait_for(log, "tunnel is up on", process)
+        # The routes come from the gateway's control channel, applied just after.
+        gw.wait_for(log, "resources: +", process)
         return gw.Client(ns, process, log)
 
     killed = start(1)
