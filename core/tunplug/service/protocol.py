@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from tunplug.resources import ResourceView
+
 #: Incompatible changes raise it; additions (optional fields, new messages) do not.
 PROTOCOL_VERSION = 1
 #: The largest JSON payload either side sends or accepts, in bytes (the header not counted).
@@ -174,18 +176,11 @@ class PeerStatus(BaseModel):
     persistent_keepalive: int | None = None
 
 
-class ResourceStatus(BaseModel):
-    """One resource of the gateway's control channel, as the client applied it."""
+class ResourceStatus(ResourceView):
+    """One resource of the gateway's control channel, as the client applied it: its name,
+    ``kind`` (``cidr``, ``dns`` or ``internet``), ``target`` (a network, a DNS name or
+    wildcard, or ``internet``) and port rules (``tcp/443``; empty: every protocol and port)."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    name: str
-    #: ``cidr``, ``dns`` or ``internet``.
-    kind: str
-    #: A network, a DNS name or wildcard, or ``internet``.
-    target: str
-    #: Port rules (``tcp/443``); empty: every protocol and port.
-    ports: list[str] = Field(default_factory=list)
     #: In the applied view, and the tunnel has had a handshake recent enough to carry traffic.
     reachable: bool = False
 

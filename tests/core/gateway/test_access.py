@@ -9,6 +9,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, ip_address, ip_netw
 import anyio
 import pytest
 
+from tests.core.gateway import _records as records
 from tunplug.gateway import access
 from tunplug.gateway.access import (
     ACCESS_SETS,
@@ -28,18 +29,7 @@ GATEWAY = (IPv4Address("100.64.0.1"), IPv6Address("fd7a:7470:6c67::1"))
 
 
 def client(name: str, index: int) -> ClientRecord:
-    return ClientRecord(
-        name=name,
-        public_key=name.encode().ljust(32, b"\0"),
-        preshared_key=b"\0" * 32,
-        address_v4=IPv4Address(f"100.64.0.{index}"),
-        address_v6=IPv6Address(f"fd7a:7470:6c67::{index}"),
-        created_at=0.0,
-        revoked_at=None,
-        last_handshake=None,
-        rx_bytes=0,
-        tx_bytes=0,
-    )
+    return records.client(name, f"100.64.0.{index}", f"fd7a:7470:6c67::{index:x}")
 
 
 def resource(target: str, *ports: str, groups: tuple[str, ...] = (), name: str = "") -> Resource:

@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 import anyio
 import pytest
 
+from tests.core.gateway._records import client
 from tunplug.exceptions import TunplugError
 from tunplug.gateway import control
 from tunplug.gateway.access import AccessState, Snapshot
@@ -21,21 +22,6 @@ from tunplug.resources import ClientView, Resource, parse_port_rules, parse_targ
 pytestmark = pytest.mark.anyio
 
 GATEWAY = (IPv4Address("100.64.0.1"), IPv6Address("fd7a:7470:6c67::1"))
-
-
-def client(name: str, address: str, address_v6: str) -> ClientRecord:
-    return ClientRecord(
-        name=name,
-        public_key=name.encode().ljust(32, b"\0"),
-        preshared_key=b"\0" * 32,
-        address_v4=IPv4Address(address),
-        address_v6=IPv6Address(address_v6),
-        created_at=0.0,
-        revoked_at=None,
-        last_handshake=None,
-        rx_bytes=0,
-        tx_bytes=0,
-    )
 
 
 LAPTOP = client("laptop", "100.64.0.2", "fd7a:7470:6c67::2")

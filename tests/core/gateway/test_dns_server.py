@@ -17,6 +17,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.core.gateway._records import client
 from tunplug.exceptions import ConfigError
 from tunplug.gateway.access import AccessState, Snapshot
 from tunplug.gateway.dns_server import (
@@ -41,21 +42,6 @@ RECORDS = {
     "evil.corp.example": ["100.64.0.3", "10.10.0.9"],
     "public.example": ["192.0.2.1"],
 }
-
-
-def client(name: str, address: str, address_v6: str) -> ClientRecord:
-    return ClientRecord(
-        name=name,
-        public_key=name.encode().ljust(32, b"\0"),
-        preshared_key=b"\0" * 32,
-        address_v4=IPv4Address(address),
-        address_v6=IPv6Address(address_v6),
-        created_at=0.0,
-        revoked_at=None,
-        last_handshake=None,
-        rx_bytes=0,
-        tx_bytes=0,
-    )
 
 
 LAPTOP = client("laptop", "100.64.0.2", "fd7a:7470:6c67::2")
