@@ -346,3 +346,28 @@ def test_the_internet_resource_reaches_everything_but_the_other_clients(net):
     before = net.dropped()
     assert not alice.ping("100.64.0.3", count=2, wait=1)  # bob's tunnel address
     assert net.dropped() >= before + 2
+
+
+def test_a_dns_server_of_the_host_on_port_53_does_not_stop_the_gateway(net):
+    """Another DNS server holds UDP 53 on every address of the gateway host: the gateway still
+    serves its clients (control channel, resources) and says that DNS resources will not
+    resolve, rather than failing to start."""
+    code = (
+        "import socket, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "s.bind(('0.0.0.0', 53)); print('bound', flush=True); time.sleep(300)"
+    )
+    holder = net.gateway.popen(sys.executable, "-c", code, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"bound\n"
+        with net.registry() as registry:
+            registry.add_resource(SERVER, name="web", ports=["tcp/443"])
+        net.start()
+        alice = start_client(net, "alice")
+        assert connects(alice, SERVER, 443)
+        assert [r["name"] for r in control_view(alice)["resources"]] == ["web"]
+        log = net.log.read_text()
+        assert "DNS server: cannot listen on 100.64.0.1:53" in log, log
+        assert "DNS resources will not resolve" in log
+    finally:
+        holder.kill()
+        holder.wait()

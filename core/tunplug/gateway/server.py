@@ -35,7 +35,7 @@ import anyio.abc
 
 from tunplug import __version__
 from tunplug.app import App
-from tunplug.exceptions import ConfigError
+from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.gateway import firewall
 from tunplug.gateway.access import AccessState, Snapshot
 from tunplug.gateway.control import MAX_REQUEST as MAX_REQUEST
@@ -379,7 +379,17 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
         await serve_control(access, tunnel_addresses)
 
     async def start_dns(device: WireGuardDevice) -> None:
-        await dns_server.serve(tunnel_addresses)
+        # Not fatal: a host whose own DNS server holds port 53 on every address still serves
+        # its clients everything but DNS resources (and says so).
+        try:
+            await dns_server.serve(tunnel_addresses)
+        except TunplugError as exc:
+            log.error(
+                "%s: DNS resources will not resolve (is another DNS server listening on all "
+                "addresses? bind it to its own addresses)",
+                exc,
+            )
+            await anyio.sleep_forever()
 
     def on_ready(running: RunningInterface) -> None:
         state.ready = True

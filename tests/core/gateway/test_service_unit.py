@@ -1,5 +1,5 @@
 """The shipped systemd unit of the gateway: systemd accepts it, and it keeps what the gateway
-needs (notify, CAP_NET_ADMIN only, writable sysctls, netlink, a private state directory)."""
+needs (notify, CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, writable sysctls, netlink, a private state directory)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,12 @@ def test_the_unit_keeps_what_the_gateway_needs_and_nothing_more():
     assert found["Type"] == ["notify"]
     assert found["ExecStart"] == ["/usr/local/bin/tunplug-gateway run"]
     assert "ExecReload" not in found  # clients are applied live
-    assert found["CapabilityBoundingSet"] == found["AmbientCapabilities"] == ["CAP_NET_ADMIN"]
+    # CAP_NET_BIND_SERVICE: the DNS server for DNS resources on port 53 of the tunnel addresses.
+    assert (
+        found["CapabilityBoundingSet"]
+        == found["AmbientCapabilities"]
+        == ["CAP_NET_ADMIN CAP_NET_BIND_SERVICE"]
+    )
     assert found["StateDirectory"] == ["tunplug-gateway"]
     assert found["StateDirectoryMode"] == ["0700"]
     assert "TUNPLUG_GATEWAY_STATE_DIR=/var/lib/tunplug-gateway" in found["Environment"]
