@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_gateway import CLIENT, Client, Net, add_client_ns, env, net, wait_for
+from tunplug.testing.netns import NetNS, veth_pair
 
 __all__ = ["net"]  # the fixture, shared with test_gateway
 
@@ -155,3 +156,44 @@ def test_resources_added_and_removed_follow_to_the_client_and_dns_resources_reso
             process.wait(5)
         if client.process is not None:
             client.stop()
+
+
+def test_the_internet_resource_is_used_only_when_asked_and_the_lan_stays_reachable(net):
+    """``--activate-internet-resource``: while the gateway offers the Internet resource,
+    everything goes through the tunnel except the client's own LAN (policy routing keeps the
+    main table's other routes); when the gateway withdraws it, the full tunnel goes."""
+    internet_host = "10.240.0.2"  # behind the gateway, reachable only as "the Internet"
+    net.gateway.run("ip", "addr", "add", "10.240.0.1/24", "dev", "veth-res")
+    net.resource.run("ip", "addr", "add", f"{internet_host}/24", "dev", "veth-gw")
+    net.tool("resource", "add", "internet")
+    net.start()
+    ns = add_client_ns(net)
+    token_file = net.workdir / "erin.token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(net.tool("client", "add", "erin").stdout.strip())
+    log = net.workdir / "erin.log"
+    with log.open("wb") as out:
+        process = ns.popen(CLIENT, "standalone", "--token-path", str(token_file),
+                           "--interface", "tpc0", "--state-dir", str(net.workdir / "erin-state"),
+                           "--dns-control", "disabled", "--activate-internet-resource",
+                           stdout=out, stderr=subprocess.STDOUT, env=env(**DATA_PATH))  # fmt: skip
+    client = Client(ns, process, log)
+    with NetNS() as lan:
+        veth_pair(ns, lan, "192.168.77.1/24", "192.168.77.2/24", name_a="veth-lan",
+                  name_b="veth-lan")  # fmt: skip
+        try:
+            wait_for(log, "Internet resource on", process)
+            assert "default" in ns.run("ip", "route", "show", "table", "51820").stdout
+            assert client.ping(internet_host)  # through the tunnel and the gateway
+            before = tx_packets(client)
+            assert client.ping("192.168.77.2")  # the LAN: directly, not into the tunnel
+            assert tx_packets(client) == before
+            net.tool("resource", "remove", "internet")
+            wait_for(log, "Internet resource off", process, timeout=5)
+            assert not client.ping(internet_host, count=1, wait=1)
+            assert client.ping("192.168.77.2")
+            assert client.stop() == 0
+            assert "51820" not in ns.run("ip", "rule").stdout  # nothing left behind
+        finally:
+            if client.process is not None:
+                client.stop()

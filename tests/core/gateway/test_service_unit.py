@@ -1,5 +1,6 @@
 """The shipped systemd unit of the gateway: systemd accepts it, and it keeps what the gateway
-needs (notify, CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, writable sysctls, netlink, a private state directory)."""
+needs (notify, CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, writable sysctls, netlink, a
+private state directory)."""
 
 from __future__ import annotations
 
