@@ -35,6 +35,12 @@ class Source:
     #: The gateway's control channel (``address:port`` in the tunnel), when the token has one.
     control: str | None = None
 
+    @classmethod
+    def from_token(cls, client: token.ClientToken, origin: str) -> Source:
+        """A token's configuration (its first endpoint resolved when it can be), name,
+        endpoints and control channel."""
+        return cls(client.to_config(), origin, client.name, tuple(client.endpoints), client.control)
+
 
 class ConfigSource:
     """Reads the configuration now and again on reload, from the same place."""
@@ -55,13 +61,7 @@ class ConfigSource:
             return Source(load_wg_quick(self.config_path), f"config file {self.config_path}")
         if self._token_from_env is not None:
             client = token.decode(self._token_from_env, TOKEN_VARIABLE)
-            return Source(
-                client.to_config(),
-                f"{TOKEN_VARIABLE} variable",
-                client.name,
-                tuple(client.endpoints),
-                control=client.control,
-            )
+            return Source.from_token(client, f"{TOKEN_VARIABLE} variable")
         if not self.token_path.exists():
             raise ConfigError(
                 "--token-path",
@@ -71,13 +71,7 @@ class ConfigSource:
             )
         text = read_private_file(self.token_path, "--token-path")
         client = token.decode(text, str(self.token_path))
-        return Source(
-            client.to_config(),
-            f"token file {self.token_path}",
-            client.name,
-            tuple(client.endpoints),
-            control=client.control,
-        )
+        return Source.from_token(client, f"token file {self.token_path}")
 
     def reload(self) -> WgQuickConfig:
         """SIGHUP: the file again (a token from the variable cannot change; it is reused)."""

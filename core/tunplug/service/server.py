@@ -442,13 +442,7 @@ class TunnelService:
             )
         try:
             client = token.decode(request.token, "token")
-            loaded = Source(
-                client.to_config(),
-                "a GUI",
-                client.name,
-                tuple(client.endpoints),
-                control=client.control,
-            )
+            loaded = Source.from_token(client, "a GUI")
         except ConfigError as exc:
             return self._refusal(request.id, p.ErrorCode.INVALID_TOKEN, str(exc))
         self._start_tunnel(loaded, "gui")
