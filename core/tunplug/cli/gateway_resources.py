@@ -48,7 +48,11 @@ def add_parsers(commands: Any, command: Command, settings: Settings) -> None:
         "Without --group every client may reach it; without --port every protocol and port.",
     )
     add.add_argument("target", metavar="TARGET", help="CIDR, address, DNS name or wildcard")
-    add.add_argument("--name", help="the resource's name (default: TARGET as typed)")
+    add.add_argument(
+        "--name",
+        help="the resource's name (default: TARGET, normalised: 10.10.0.7 is named "
+        "10.10.0.7/32, DB.Internal db.internal; 'resource remove' takes either form)",
+    )
     add.add_argument(
         "--port",
         action="append",

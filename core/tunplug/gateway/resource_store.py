@@ -171,6 +171,10 @@ class ResourceStore:
         """:raises ConfigError: no resource has that name."""
         with self._write("removing a resource") as connection:
             row = connection.execute("SELECT id FROM resources WHERE name = ?", (name,)).fetchone()
+            if row is None:  # the target as typed: 10.10.0.7 is the resource 10.10.0.7/32
+                row = connection.execute(
+                    "SELECT id FROM resources WHERE name = ?", (_normalized(name),)
+                ).fetchone()
             if row is None:
                 raise ConfigError("NAME", f"no resource named {name!r} (see: resource list)")
             connection.execute("DELETE FROM resource_groups WHERE resource_id = ?", (row[0],))
@@ -261,6 +265,14 @@ def check_network(target: Target, subnet_v4: IPv4Network, subnet_v6: IPv6Network
     for other, what in others:
         if other.version == network.version and network.overlaps(other):
             raise ConfigError("TARGET", f"{network} overlaps {what} {other}")
+
+
+def _normalized(text: str) -> str | None:
+    """``text`` as :func:`parse_target` writes it (the default name), or None."""
+    try:
+        return str(parse_target(text))
+    except ConfigError:
+        return None
 
 
 def _bump(connection: sqlite3.Connection) -> None:

@@ -72,6 +72,17 @@ def test_resources_are_added_listed_and_removed_live(state_dir, capsys):
     assert version(state_dir) == before + 5
 
 
+def test_a_resource_is_removed_by_its_name_or_its_target_as_typed(state_dir, capsys):
+    assert run(capsys, "resource", "add", "10.10.0.7")[0] == 0
+    assert run(capsys, "resource", "add", "DB.Internal.")[0] == 0
+    _, out, _ = run(capsys, "resource", "list")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["10.10.0.7/32", "db.internal"]
+    assert run(capsys, "resource", "remove", "10.10.0.7")[0] == 0
+    assert run(capsys, "resource", "remove", "DB.internal")[0] == 0
+    with Registry.open(state_dir) as registry:
+        assert registry.resources() == []
+
+
 def test_groups_and_members(state_dir, capsys):
     assert run(capsys, "group", "add", "eng")[0] == 0
     assert run(capsys, "group", "join", "eng", "laptop", "phone")[0] == 0
