@@ -76,6 +76,8 @@ RESOLVE_RETRY = 2.0
 RESOLVE_LOG_INTERVAL = 60.0
 #: A transport message with no payload (16-byte header, 16-byte tag): a keepalive.
 KEEPALIVE_SIZE = 32
+#: :attr:`ResolveError.reason` of a host that is no name at all (a label over 63, a NUL byte).
+NOT_A_HOST_NAME = "not a host name"
 #: Test only: names resolve from this /etc/hosts-format file alone.
 TEST_HOSTS_VARIABLE = "TUNPLUG_TEST_HOSTS"
 
@@ -134,10 +136,16 @@ def format_endpoint(address: Endpoint) -> str:
 def system_resolver(environ: Mapping[str, str] = os.environ) -> Resolver:
     """getaddrinfo (IPv4 preferred, as wg(8) does), or the ``TUNPLUG_TEST_HOSTS`` file."""
     hosts = environ.get(TEST_HOSTS_VARIABLE)
-    return partial(_from_hosts_file, Path(hosts)) if hosts else _from_getaddrinfo
+    return partial(_from_hosts_file, Path(hosts)) if hosts else resolve_system
 
 
-def _from_getaddrinfo(host: str, port: int) -> Endpoint:
+def resolve_system(host: str, port: int) -> Endpoint:
+    """An address as it is, a name through getaddrinfo, IPv4 preferred as wg(8) does when a
+    name has both (blocking; also what a wg-quick file's ``Endpoint`` goes through).
+
+    :raises ResolveError: the name does not resolve, or is not a host name at all
+        (:data:`NOT_A_HOST_NAME`).
+    """
     try:
         return str(ip_address(host)), port
     except ValueError:
@@ -147,7 +155,7 @@ def _from_getaddrinfo(host: str, port: int) -> Endpoint:
     except OSError as exc:
         raise ResolveError(host, exc.strerror or str(exc)) from None
     except ValueError:  # UnicodeError from IDNA (e.g. a label over 63), a NUL byte
-        raise ResolveError(host, "not a host name") from None
+        raise ResolveError(host, NOT_A_HOST_NAME) from None
     infos.sort(key=lambda info: info[0] != socket.AF_INET)
     return str(infos[0][4][0]), port
 

@@ -10,7 +10,6 @@ warning: tunplug never runs shell commands from a config file.
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass, field
 from ipaddress import (
     IPv4Address,
@@ -25,6 +24,7 @@ from ipaddress import (
 )
 from pathlib import Path
 
+from tunplug.endpoints import NOT_A_HOST_NAME, ResolveError, resolve_system
 from tunplug.exceptions import ConfigError
 from tunplug.transport import Endpoint
 from tunplug.wireguard.keys import parse_key
@@ -91,18 +91,11 @@ class _Parser:
         host = host.removeprefix("[").removesuffix("]")
         port = self.integer(key, port_text, 1, 65535)
         try:
-            return (str(ip_address(host)), port), value
-        except ValueError:
-            pass
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as exc:
-            raise self.fail(key, f"cannot resolve {host!r}: {exc.strerror or exc}") from None
-        except ValueError:  # UnicodeError from IDNA (e.g. a label over 63), a NUL byte
-            raise self.fail(key, f"{host!r} is not a host name") from None
-        # Prefer IPv4 like wg(8) does when a name has both.
-        infos.sort(key=lambda info: info[0] != socket.AF_INET)
-        return (str(infos[0][4][0]), port), value
+            return resolve_system(host, port), value
+        except ResolveError as exc:
+            if exc.reason == NOT_A_HOST_NAME:
+                raise self.fail(key, f"{host!r} is not a host name") from None
+            raise self.fail(key, f"cannot resolve {host!r}: {exc.reason}") from None
 
 
 @dataclass(slots=True)

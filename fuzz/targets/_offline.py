@@ -1,8 +1,8 @@
 """No name is looked up on the network while a harness runs.
 
-``tunplug.wgquick`` resolves ``Endpoint`` host names (a wg-quick file or a token's endpoints);
-under :func:`no_name_lookups` it passes ``AI_NUMERICHOST``, so the C resolver still checks its
-arguments (IDNA encoding, NUL bytes) but never sends a query.
+``tunplug.endpoints`` resolves every host name (a wg-quick file's ``Endpoint``, a token's
+endpoints); under :func:`no_name_lookups` it passes ``AI_NUMERICHOST``, so the C resolver still
+checks its arguments (IDNA encoding, NUL bytes) but never sends a query.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tunplug import wgquick
+from tunplug import endpoints
 
 
 class _NumericOnlySocket:
-    """``socket`` as ``tunplug.wgquick`` sees it, but ``getaddrinfo`` never queries DNS."""
+    """``socket`` as ``tunplug.endpoints`` sees it, but ``getaddrinfo`` never queries DNS."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(socket, name)
@@ -35,8 +35,8 @@ class _NumericOnlySocket:
 
 @contextmanager
 def no_name_lookups() -> Iterator[None]:
-    """While inside, ``tunplug.wgquick`` resolves numeric addresses only."""
-    namespace = vars(wgquick)
+    """While inside, ``tunplug.endpoints`` resolves numeric addresses only."""
+    namespace = vars(endpoints)
     real = namespace["socket"]
     namespace["socket"] = _NumericOnlySocket()
     try:
