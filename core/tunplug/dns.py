@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from pathlib import Path
 from typing import ClassVar
 
@@ -72,3 +72,17 @@ class DnsManager(ABC):
     @abstractmethod
     async def deactivate(self) -> None:
         """Restore the resolver as it was. Idempotent; also recovers after a crash."""
+
+
+def resolv_conf_nameservers(text: str) -> list[str]:
+    """The addresses of a resolv.conf text's ``nameserver`` lines, in order, without an IPv6
+    scope (``%eth0``); lines that are not an address are skipped, as glibc skips them."""
+    servers = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "nameserver":
+            try:
+                servers.append(str(ip_address(words[1].split("%", 1)[0])))
+            except ValueError:
+                continue
+    return servers

@@ -44,9 +44,11 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from tunplug.dns import resolv_conf_nameservers
 from tunplug.exceptions import ConfigError, TunplugError
 from tunplug.gateway.control import bind_both
 from tunplug.gateway.registry import ClientRecord
+from tunplug.gateway.validation import parse_port
 from tunplug.resources import DNS_PORT, PROXY_V4, PROXY_V6, Resource, name_matches
 
 log = logging.getLogger(__name__)
@@ -146,17 +148,16 @@ def parse_upstreams(text: str, flag: str = "--dns-upstream") -> list[Upstream]:
         host, port = item, DNS_PORT
         if item.startswith("["):
             host, _, rest = item[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") and rest[1:].isdigit() else -1
-            if rest == "":
-                port = DNS_PORT
+            if rest:
+                port = (parse_port(rest[1:]) if rest.startswith(":") else None) or -1
         elif item.count(":") == 1:
             host, _, port_text = item.partition(":")
-            port = int(port_text) if port_text.isdigit() else -1
+            port = parse_port(port_text) or -1
         try:
             ip_address(host)
         except ValueError:
             port = -1
-        if not 1 <= port <= 65535:
+        if port == -1:
             raise ConfigError(
                 flag, f"{item!r} is not a DNS server address (10.0.0.53, fd00::53, host:port)"
             )
@@ -167,18 +168,10 @@ def parse_upstreams(text: str, flag: str = "--dns-upstream") -> list[Upstream]:
 def resolv_conf_servers(path: Path = Path("/etc/resolv.conf")) -> list[Upstream]:
     """The ``nameserver`` lines of ``path`` (none when it cannot be read)."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    servers = []
-    for line in lines:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            try:
-                servers.append(Upstream(str(ip_address(words[1].split("%", 1)[0]))))
-            except ValueError:
-                continue
-    return servers
+    return [Upstream(server) for server in resolv_conf_nameservers(text)]
 
 
 class Resolver:

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 
 import anyio.to_thread
 
-from tunplug.dns import DnsManager, DnsSettings
+from tunplug.dns import DnsManager, DnsSettings, resolv_conf_nameservers
 from tunplug_dns._common import (
     DnsError,
     StateFile,
@@ -59,7 +59,6 @@ from tunplug_dns.stub import (
     StubResolver,
     StubRoutes,
     Upstream,
-    resolv_conf_nameservers,
 )
 
 log = logging.getLogger(__name__)
@@ -267,7 +266,9 @@ class EtcResolvConf(DnsManager):
         if settings.servers:
             defaults = [str(server) for server in settings.servers]
         else:
-            defaults = [s for s in resolv_conf_nameservers(original_text) if s != host]
+            # glibc reads the first three.
+            found = resolv_conf_nameservers(original_text.decode(errors="replace"))[:3]
+            defaults = [s for s in found if s != host]
             defaults = defaults or ["127.0.0.1"]  # glibc's default without nameserver lines
         routes = StubRoutes(
             routing_domains=settings.routing_domains,

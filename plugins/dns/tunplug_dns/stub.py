@@ -220,13 +220,3 @@ def _recv_exactly(connection: socket.socket, size: int) -> bytes | None:
 
 def _upstreams(servers: Sequence[Upstream]) -> str:
     return ", ".join(host if port == 53 else f"{host} port {port}" for host, port in servers)
-
-
-def resolv_conf_nameservers(content: bytes) -> list[str]:
-    """The ``nameserver`` addresses of a resolv.conf text, in order (glibc reads three)."""
-    servers = []
-    for line in content.decode(errors="replace").splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver":
-            servers.append(words[1].split("%")[0])
-    return servers[:3]

@@ -186,7 +186,8 @@ def test_upstream_servers_are_addresses_with_an_optional_port(tmp_path: Path):
         Upstream("fd00::54", 5353),
         Upstream("fd00::55"),
     ]
-    for bad in ("dns.example", "10.0.0.53:0", "[fd00::1]:x", "10.0.0.1:70000"):
+    # "²" is a digit to str.isdigit() but not to int(): one line, not a ValueError.
+    for bad in ("dns.example", "10.0.0.53:0", "[fd00::1]:x", "10.0.0.1:70000", "10.0.0.1:²"):
         with pytest.raises(ConfigError, match="--dns-upstream"):
             parse_upstreams(bad)
     resolv = tmp_path / "resolv.conf"
