@@ -30,6 +30,7 @@ service) and the view offers it; :meth:`ControlChannel.set_internet` switches it
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import replace
 from ipaddress import ip_address
@@ -61,6 +62,9 @@ MAX_ANSWER = 4 * 1024 * 1024
 #: A resource counts as reachable while the gateway's last handshake is this recent (seconds;
 #: WireGuard's REJECT_AFTER_TIME: a session older than that cannot carry traffic).
 HANDSHAKE_FRESH = Timing().reject_after_time
+
+
+_DIGITS = re.compile(r"[0-9]{1,9}")
 
 
 class ControlError(TunplugError):
@@ -157,12 +161,13 @@ async def _read_answer(stream: anyio.abc.ByteStream) -> tuple[int, bytes]:
 def _parse_head(head: bytes) -> tuple[int, int | None]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    # ASCII digits only: isdigit() also takes '²', which int() refuses.
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not _DIGITS.fullmatch(parts[1]):
         raise ControlError(f"not an HTTP answer: {lines[0][:60]!r}")
     length = None
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.strip().lower() == "content-length" and value.strip().isdigit():
+        if name.strip().lower() == "content-length" and _DIGITS.fullmatch(value.strip()):
             length = int(value.strip())
         if name.strip().lower() == "transfer-encoding" and "chunked" in value.lower():
             raise ControlError("chunked answers are not supported")

@@ -305,6 +305,32 @@ async def test_fetch_view_says_why_it_failed():
         await fetch_view(("127.0.0.1", 1))
 
 
+@pytest.mark.parametrize(
+    ("answer", "fragment"),
+    [
+        (b"HTTP/1.1 \xb200 OK\r\n\r\n", "not an HTTP answer"),  # latin-1: "²00"
+        (b"SSH-2.0-x\r\n\r\n", "not an HTTP answer"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n{}", "no valid view"),
+    ],
+)
+async def test_a_garbled_answer_is_a_control_error_not_a_crash(answer, fragment):
+    """Whatever the other end sends ends as ControlError (the loop retries it), never as
+    another exception that would end the tunnel."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(answer)
+
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, handle)
+        with pytest.raises(ControlError, match=fragment):
+            await fetch_view(("127.0.0.1", port), answer_timeout=5)
+        tasks.cancel_scope.cancel()
+
+
 # -- the stub resolver -------------------------------------------------------------------------
 @contextmanager
 def fake_upstream(host: str, answer: str) -> Iterator[list[str]]:
