@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tunplug.exceptions import ConfigError
@@ -19,6 +20,23 @@ from tunplug.exceptions import ConfigError
 ENV_PREFIX = "TUNPLUG_"
 
 LogLevel = Literal["trace", "debug", "info", "warning", "error"]
+
+
+class PluginSettings(BaseModel):
+    """The base of a plugin's own settings, declared through the ``tunplug_add_settings`` hook.
+
+    Each field becomes a command-line flag (``--`` + the field name with dashes) and an
+    environment variable (``TUNPLUG_`` + the field name in capitals) of every tunplug command
+    that runs tunnels, with its ``description`` as the ``--help`` text. Field names are global:
+    prefix them with the plugin's name (``pcap_file``, ``flow_logs``). Values are validated like
+    the core's: a bad one is one line naming the flag or variable, and exit status 2. A plugin
+    reads its values with :meth:`TunplugSettings.plugin`.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+P = TypeVar("P", bound=PluginSettings)
 
 
 class TunplugSettings(BaseSettings):
@@ -75,6 +93,19 @@ class TunplugSettings(BaseSettings):
     @classmethod
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    _plugin_settings: dict[type[PluginSettings], PluginSettings] = PrivateAttr(
+        default_factory=dict
+    )
+
+    def plugin(self, model: type[P]) -> P:
+        """The values of a plugin's settings ``model`` (its defaults when the plugin's settings
+        were not loaded with these settings, e.g. in a test that builds settings itself)."""
+        value = self._plugin_settings.get(model)
+        if value is None:
+            value = self._plugin_settings[model] = model()
+        assert isinstance(value, model)
+        return value
 
     @property
     def blocked_plugins(self) -> frozenset[str]:

@@ -23,6 +23,7 @@ from anyio.abc import AsyncResource
 from tunplug.exceptions import BackendUnavailable
 
 if TYPE_CHECKING:
+    from tunplug.config import TunplugSettings
     from tunplug.datapath import PacketOps
 
 #: A packet handed to :meth:`Tun.send`: any bytes-like object holding one IP packet.
@@ -45,7 +46,10 @@ class TunOptions:
     :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for
     segmentation offloads when the backend and kernel support them (silently off otherwise; the
     device says which in :attr:`Tun.offloads`). ``packet_ops`` are the data path's offload
-    functions (:class:`tunplug.datapath.PacketOps`); ``None``: the backend's own.
+    functions (:class:`tunplug.datapath.PacketOps`); ``None``: the backend's own. ``settings``
+    are the application's settings (:meth:`tunplug.app.App.open_tun` passes them), where a
+    backend finds its own declared settings with ``settings.plugin(MySettings)``; ``None``
+    (tests, embedding): every plugin setting at its default.
     """
 
     name: str | None = None
@@ -55,6 +59,7 @@ class TunOptions:
     offloads: bool = False
     addresses: tuple[IPv4Interface | IPv6Interface, ...] = field(default_factory=tuple)
     packet_ops: PacketOps | None = field(default=None, compare=False)
+    settings: TunplugSettings | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 576 <= self.mtu <= 65535:
@@ -91,6 +96,10 @@ class Tun(AsyncResource):
     #: What users must know about how far the backend was tested (shown by ``tunplug
     #: plugins``), e.g. that it never ran on the platform it is for. ``None``: nothing to say.
     caveat: ClassVar[str | None] = None
+    #: The operating systems (``sys.platform`` values) the backend serves: ``tun_backend =
+    #: "auto"`` picks the backend that declares the running one. Empty: never picked by
+    #: ``auto`` (test and replay backends), only by name.
+    platforms: ClassVar[frozenset[str]] = frozenset()
 
     #: The interface name the operating system knows the device by.
     name: str
