@@ -45,6 +45,7 @@ from tunplug.wireguard.constants import (
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
 from tunplug.wireguard.flood import FloodFilter, FloodGuard
+from tunplug.wireguard.keys import clamp_private_key
 from tunplug.wireguard.messages import (
     COOKIE_REPLY,
     FIXED_SIZES,
@@ -766,10 +767,7 @@ class WireGuardDevice:
         self._changed.add(peer)
 
     def _ephemeral(self) -> bytes:
-        key = bytearray(self._random(32))
-        key[0] &= 248
-        key[31] = (key[31] & 127) | 64
-        return bytes(key)
+        return clamp_private_key(self._random(32))
 
     def _jitter(self) -> float:
         # Timer jitter needs no cryptographic randomness; a syscall per batch showed in

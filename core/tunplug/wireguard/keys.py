@@ -1,7 +1,10 @@
-"""WireGuard key text: the base64 form ``wg genkey``/``wg pubkey`` print and config files hold.
+"""WireGuard keys: the base64 text ``wg genkey``/``wg pubkey`` print and config files hold, and
+the clamping that makes 32 random bytes an X25519 private key.
 
-Who calls it: configuration loading, the CLIs (``tunplug keygen``/``pubkey``) and tests. Parsing
-is strict, like ``wg``: exactly 44 characters of standard base64 that decode to 32 bytes.
+Who calls it: configuration loading, the CLIs (``tunplug keygen``/``pubkey``) and tests for the
+text; the crypto backends (``generate_private_key``) and the device (ephemeral handshake keys)
+for :func:`clamp_private_key`. Parsing is strict, like ``wg``: exactly 44 characters of standard
+base64 that decode to 32 bytes.
 """
 
 from __future__ import annotations
@@ -44,3 +47,17 @@ def format_key(key: bytes) -> str:
     if len(key) != KEY_SIZE:
         raise ValueError(f"a WireGuard key is 32 bytes, got {len(key)}")
     return base64.b64encode(key).decode("ascii")
+
+
+def clamp_private_key(key: bytes) -> bytes:
+    """``key`` (32 random bytes) as an X25519 private key, as ``wg genkey`` makes one (RFC 7748
+    section 5): the three lowest bits and the highest bit cleared, the second highest set.
+
+    :raises ValueError: ``key`` is not 32 bytes.
+    """
+    if len(key) != KEY_SIZE:
+        raise ValueError(f"an X25519 private key is 32 bytes, got {len(key)}")
+    clamped = bytearray(key)
+    clamped[0] &= 0b1111_1000
+    clamped[31] = (clamped[31] & 0b0111_1111) | 0b0100_0000
+    return bytes(clamped)

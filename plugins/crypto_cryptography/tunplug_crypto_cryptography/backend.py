@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from tunplug.crypto import Aead, CryptoBackend, DecryptionFailed
+from tunplug.wireguard.keys import clamp_private_key
 
 _ZERO32 = bytes(32)
 _ZERO_BLOCK = bytes(64)
@@ -127,10 +128,7 @@ class CryptographyBackend(CryptoBackend):
     description = "X25519 and ChaCha20-Poly1305 from the cryptography package, BLAKE2s hashlib"
 
     def generate_private_key(self) -> bytes:
-        key = bytearray(os.urandom(32))
-        key[0] &= 248
-        key[31] = (key[31] & 127) | 64
-        return bytes(key)
+        return clamp_private_key(os.urandom(32))
 
     def public_key(self, private_key: bytes) -> bytes:
         return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()

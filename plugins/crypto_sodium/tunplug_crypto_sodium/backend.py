@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from tunplug.crypto import Aead, CryptoBackend, DecryptionFailed
+from tunplug.wireguard.keys import clamp_private_key
 
 _ZERO32 = bytes(32)
 _TAG_SIZE = 16
@@ -124,10 +125,7 @@ class SodiumBackend(CryptoBackend):
         self._error = _crypto_error()
 
     def generate_private_key(self) -> bytes:
-        key = bytearray(self._nacl.randombytes(32))
-        key[0] &= 248
-        key[31] = (key[31] & 127) | 64
-        return bytes(key)
+        return clamp_private_key(self._nacl.randombytes(32))
 
     def public_key(self, private_key: bytes) -> bytes:
         result: bytes = self._nacl.crypto_scalarmult_base(bytes(private_key))

@@ -1,4 +1,4 @@
-"""Base64 key text as ``wg`` prints it."""
+"""Base64 key text as ``wg`` prints it, and X25519 private key clamping."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from tunplug.wireguard import format_key, parse_key
+from tunplug.wireguard.keys import clamp_private_key
 from tunplug_crypto_cryptography.backend import CryptographyBackend
 
 
@@ -36,6 +37,18 @@ def test_parse_errors_name_the_key(text: str, message: str) -> None:
 def test_format_rejects_wrong_length() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         format_key(b"x" * 31)
+
+
+def test_clamping_sets_the_bits_rfc_7748_names() -> None:
+    assert clamp_private_key(b"\xff" * 32) == b"\xf8" + b"\xff" * 30 + b"\x7f"
+    assert clamp_private_key(bytes(32)) == bytes(31) + b"\x40"
+    key = clamp_private_key(bytes(range(32)))
+    assert clamp_private_key(key) == key  # a clamped key stays as it is
+
+
+def test_clamping_rejects_wrong_length() -> None:
+    with pytest.raises(ValueError, match="32 bytes"):
+        clamp_private_key(bytes(31))
 
 
 @pytest.mark.skipif(shutil.which("wg") is None, reason="needs wireguard-tools' wg")
