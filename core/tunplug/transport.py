@@ -34,14 +34,13 @@ from tunplug.udp_offload import (
     segment_control,
     split_segments,
 )
+from tunplug.wireguard.endpoint import Endpoint as Endpoint
 
 if TYPE_CHECKING:
     from tunplug.wireguard.flood import FloodFilter
 
 log = logging.getLogger(__name__)
 
-#: A peer's UDP address: (IP address as text, port).
-Endpoint = tuple[str, int]
 #: One datagram and where it came from or goes to.
 Datagram = tuple[bytes | memoryview, Endpoint]
 

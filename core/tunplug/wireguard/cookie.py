@@ -34,9 +34,9 @@ from tunplug.wireguard.constants import (
     RATE_LIMITER_MAX_ENTRIES,
     UNDER_LOAD_AFTER_TIME,
 )
+from tunplug.wireguard.endpoint import Endpoint
 from tunplug.wireguard.messages import COOKIE_REPLY
 
-Endpoint = tuple[str, int]
 _ZERO_MAC = bytes(MAC_SIZE)
 
 

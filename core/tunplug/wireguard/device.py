@@ -44,6 +44,7 @@ from tunplug.wireguard.constants import (
     UNDER_LOAD_THRESHOLD,
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
+from tunplug.wireguard.endpoint import Endpoint
 from tunplug.wireguard.flood import FloodFilter, FloodGuard
 from tunplug.wireguard.keys import clamp_private_key
 from tunplug.wireguard.messages import (
@@ -65,7 +66,6 @@ from tunplug.wireguard.noise import (
     tai64n,
 )
 from tunplug.wireguard.peer import (
-    Endpoint,
     Keypair,
     Peer,
     PeerConfig,

@@ -19,12 +19,10 @@ from typing import Protocol
 from tunplug.crypto import Aead, CryptoBackend
 from tunplug.wireguard.constants import KEY_SIZE, MAX_STAGED_PACKETS
 from tunplug.wireguard.cookie import CookieGenerator
+from tunplug.wireguard.endpoint import Endpoint
 from tunplug.wireguard.noise import Handshake, Identity
 from tunplug.wireguard.replay import ReplayWindow
 from tunplug.wireguard.timers import PeerTimers, Timing
-
-#: A UDP address as ``socket.recvfrom`` gives it for IPv4 (IPv6 4-tuples are cut to this).
-Endpoint = tuple[str, int]
 
 
 class ReplayCheck(Protocol):

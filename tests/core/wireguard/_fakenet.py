@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tunplug.crypto import Aead, CryptoBackend
-from tunplug.wireguard import Output, PeerConfig, Timing, WireGuardDevice
+from tunplug.wireguard import Endpoint, Output, PeerConfig, Timing, WireGuardDevice
 from tunplug_crypto_cryptography.backend import CryptographyBackend
 
-Endpoint = tuple[str, int]
 WALL_CLOCK_BASE = 1_700_000_000.0
 
 
