@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from anyio.abc import AsyncResource
 
 from tunplug.exceptions import BackendUnavailable
+from tunplug.wireguard.constants import DEFAULT_MTU as DEFAULT_MTU
 
 if TYPE_CHECKING:
     from tunplug.config import TunplugSettings
@@ -31,9 +32,6 @@ Packet = bytes | bytearray | memoryview
 
 #: The largest batch :meth:`Tun.recv_many` returns by default (Firezone's figure).
 DEFAULT_BATCH = 100
-
-#: The MTU WireGuard uses by default: 1500 minus 80 bytes of IPv6 + UDP + WireGuard overhead.
-DEFAULT_MTU = 1420
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
+from typing import TYPE_CHECKING
 
 from tunplug.crypto import Aead, CryptoBackend
-from tunplug.tun import Packet
 from tunplug.wireguard.constants import (
     DEFAULT_MTU,
     HANDSHAKE_INITIATION_RATE,
@@ -75,6 +75,10 @@ from tunplug.wireguard.peer import (
 from tunplug.wireguard.routing import AllowedIPs
 from tunplug.wireguard.sessions import IndexTable
 from tunplug.wireguard.timers import INF, Timing
+
+if TYPE_CHECKING:
+    # Only a type here: tunplug.tun imports this package (for DEFAULT_MTU).
+    from tunplug.tun import Packet
 
 #: Slack when comparing a timer deadline with the handshake rate limit (float rounding).
 _EPSILON = 1e-6
