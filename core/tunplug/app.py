@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,8 +22,6 @@ from tunplug.pipeline import Pipeline
 from tunplug.plugins import PluginHost
 from tunplug.tun import Tun, TunOptions
 
-#: The TUN backend ``tun_backend = "auto"`` picks on each operating system.
-PLATFORM_TUN_BACKENDS = {"linux": "linux-mq", "win32": "wintun", "darwin": "darwin"}
 #: The data paths ``data_path = "auto"`` chooses between, best first.
 NATIVE_DATA_PATH = "native"
 PYTHON_DATA_PATH = "python"
@@ -48,12 +47,16 @@ class App:
         :raises BackendUnavailable: it is installed but cannot run here.
         """
         name = name or self.settings.tun_backend
+        backends = self.plugins.tun_backends()
         if name == "auto":
-            name = PLATFORM_TUN_BACKENDS.get(sys.platform, "")
-        return _choose("TUN backend", self.plugins.tun_backends(), name, "tun_backend")
+            name = _for_platform(backends, sys.platform)
+        return _choose("TUN backend", backends, name, "tun_backend")
 
     async def open_tun(self, options: TunOptions, backend: str | None = None) -> Tun:
-        """Create a device with the chosen backend."""
+        """Create a device with the chosen backend (which sees these settings in
+        ``options.settings`` unless ``options`` brings its own)."""
+        if options.settings is None:
+            options = replace(options, settings=self.settings)
         return await self.tun_backend(backend).create(options)
 
     def crypto(self, name: str | None = None) -> CryptoBackend:
@@ -87,6 +90,23 @@ class App:
 
     def pipeline(self, tunnel: TunnelInfo) -> Pipeline:
         return self.plugins.pipeline(self.settings, tunnel)
+
+
+def _for_platform(backends: Mapping[str, type[Tun]], platform: str) -> str:
+    """The one backend that declares ``platform`` (:attr:`Tun.platforms`).
+
+    :raises ConfigError: none does, or several do (the user must pick one by name).
+    """
+    serving = sorted(name for name, cls in backends.items() if platform in cls.platforms)
+    if len(serving) == 1:
+        return serving[0]
+    installed = ", ".join(sorted(backends)) or "none"
+    problem = (
+        f"several TUN backends serve {platform}: {', '.join(serving)}; choose one"
+        if serving
+        else f"no installed TUN backend serves {platform} (installed: {installed})"
+    )
+    raise ConfigError(env_name("tun_backend"), problem)
 
 
 B = TypeVar("B", type[Tun], type[CryptoBackend], type[DnsManager], type[DataPath])

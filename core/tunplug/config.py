@@ -7,15 +7,22 @@ print it as one line and exit with status 2.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, overload
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
-from pydantic import field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from tunplug.exceptions import ConfigError
+from tunplug.exceptions import ConfigError, PluginError
 
 ENV_PREFIX = "TUNPLUG_"
 
@@ -39,15 +46,39 @@ class PluginSettings(BaseModel):
 P = TypeVar("P", bound=PluginSettings)
 
 
-class TunplugSettings(BaseSettings):
-    """Every setting, with its environment variable (``TUNPLUG_`` + the field name in capitals).
-
-    Flags win over variables, variables over defaults.
-    """
+class PluginLoading(BaseSettings):
+    """Which plugins load: read from the environment alone, before the command line is parsed
+    (plugins add flags to it), by :meth:`from_environment`."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, populate_by_name=True
     )
+
+    disable_plugins: str = Field("", description="comma-separated plugin names that are not loaded")
+    disable_plugin_autoload: bool = Field(
+        False, description="do not load third-party plugins from entry points"
+    )
+
+    @classmethod
+    def from_environment(cls) -> PluginLoading:
+        """:raises ConfigError: a variable is invalid (one line)."""
+        from_environment: dict[str, Any] = {}  # pydantic-settings reads the variables itself
+        try:
+            return PluginLoading(**from_environment)
+        except ValidationError as exc:
+            raise _config_error(exc, {}, {}) from None
+
+    @property
+    def blocked_plugins(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.disable_plugins.split(",") if name.strip())
+
+
+class TunplugSettings(PluginLoading):
+    """Every setting, with its environment variable (``TUNPLUG_`` + the field name in capitals).
+
+    Flags win over variables, variables over defaults. Plugins' own settings are not fields:
+    :meth:`plugin` returns them.
+    """
 
     tun_backend: str = Field(
         "auto",
@@ -71,19 +102,6 @@ class TunplugSettings(BaseSettings):
         validation_alias=AliasChoices("tunplug_log", "tunplug_log_level"),
         description="log verbosity (TUNPLUG_LOG)",
     )
-    disable_plugins: str = Field("", description="comma-separated plugin names that are not loaded")
-    disable_plugin_autoload: bool = Field(
-        False, description="do not load third-party plugins from entry points"
-    )
-
-    flow_logs: Path | None = Field(
-        None,
-        description="directory for flow logs (one JSON line per finished flow); off when unset",
-    )
-    flow_logs_max_bytes: int = Field(
-        50 * 1024 * 1024, ge=4096, description="size at which the flow log file is rotated"
-    )
-
     test_timers: str = Field(
         "",
         description="test only: shortened WireGuard timers, e.g. 'rekey_after_time=5'",
@@ -94,9 +112,7 @@ class TunplugSettings(BaseSettings):
     def _lower_log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
-    _plugin_settings: dict[type[PluginSettings], PluginSettings] = PrivateAttr(
-        default_factory=dict
-    )
+    _plugin_settings: dict[type[PluginSettings], PluginSettings] = PrivateAttr(default_factory=dict)
 
     def plugin(self, model: type[P]) -> P:
         """The values of a plugin's settings ``model`` (its defaults when the plugin's settings
@@ -107,10 +123,9 @@ class TunplugSettings(BaseSettings):
         assert isinstance(value, model)
         return value
 
-    @property
-    def blocked_plugins(self) -> frozenset[str]:
-        return frozenset(name.strip() for name in self.disable_plugins.split(",") if name.strip())
 
+#: The names of the core's settings, which no plugin setting may take.
+CORE_FIELDS = frozenset(TunplugSettings.model_fields)
 
 _ENV_NAMES = {"log_level": "TUNPLUG_LOG", "log_dir": "LOG_DIR"}
 
@@ -125,7 +140,11 @@ S = TypeVar("S", bound=TunplugSettings)
 
 @overload
 def load_settings(
-    overrides: Mapping[str, Any] | None = None, *, flags: Mapping[str, str] | None = None
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    flags: Mapping[str, str] | None = None,
+    plugins: Sequence[type[PluginSettings]] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> TunplugSettings: ...
 
 
@@ -135,6 +154,8 @@ def load_settings(
     *,
     flags: Mapping[str, str] | None = None,
     model: type[S],
+    plugins: Sequence[type[PluginSettings]] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> S: ...
 
 
@@ -143,18 +164,43 @@ def load_settings(
     *,
     flags: Mapping[str, str] | None = None,
     model: type[TunplugSettings] = TunplugSettings,
+    plugins: Sequence[type[PluginSettings]] = (),
+    environ: Mapping[str, str] | None = None,
 ) -> TunplugSettings:
     """Build settings from ``overrides`` (command-line values), the environment and defaults.
 
     ``flags`` maps a field name to the flag that set it, so that an error names what the user
-    typed. ``model`` is :class:`TunplugSettings` or a command's subclass of it.
+    typed. ``model`` is :class:`TunplugSettings` or a command's subclass of it. ``plugins`` are
+    the plugins' settings models (``PluginHost.settings_models()``): their values come from
+    ``overrides`` (by field name), else from ``environ`` (default: the process environment),
+    else their defaults, and :meth:`TunplugSettings.plugin` returns them.
     :raises ConfigError: a value is invalid; the message is one line.
+    :raises PluginError: a plugin's setting has the name of one of ``model``'s.
     """
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     try:
-        return model(**given)
+        settings = model(**given)
     except ValidationError as exc:
         raise _config_error(exc, given, flags or {}) from None
+    env = os.environ if environ is None else environ
+    for plugin_model in plugins:
+        taken = sorted(set(plugin_model.model_fields) & set(model.model_fields))
+        if taken:
+            raise PluginError(
+                f"{plugin_model.__qualname__} declares {', '.join(taken)}, "
+                f"which {model.__name__} already has"
+            )
+        values: dict[str, Any] = {}
+        for name in plugin_model.model_fields:
+            if name in given:
+                values[name] = given[name]
+            elif env_name(name) in env:
+                values[name] = env[env_name(name)]
+        try:
+            settings._plugin_settings[plugin_model] = plugin_model(**values)
+        except ValidationError as exc:
+            raise _config_error(exc, given, flags or {}) from None
+    return settings
 
 
 def _config_error(

@@ -17,13 +17,30 @@ from typing import TYPE_CHECKING
 from tunplug._marker import hookspec
 
 if TYPE_CHECKING:
-    from tunplug.config import TunplugSettings
+    from tunplug.config import PluginSettings, TunplugSettings
     from tunplug.crypto import CryptoBackend
     from tunplug.datapath import DataPath
     from tunplug.dns import DnsManager
     from tunplug.events import TunnelInfo
     from tunplug.pipeline import Stage
     from tunplug.tun import Tun
+
+
+@hookspec
+def tunplug_add_settings() -> type[PluginSettings] | None:
+    """Return the model of this plugin's own settings (a :class:`~tunplug.config.PluginSettings`
+    subclass), or ``None``.
+
+    Called once per application, before the command line is parsed (like pytest's
+    ``pytest_addoption``). Every field of the model becomes a flag (``--pcap-file``) and an
+    environment variable (``TUNPLUG_PCAP_FILE``) of the commands that run tunnels, with the
+    field's ``description`` in ``--help``; flags win over variables, variables over defaults. A
+    bad value is a :class:`~tunplug.exceptions.ConfigError` naming the flag or variable (one
+    line, exit status 2). Read the values in any later hook with
+    ``settings.plugin(MySettings)``. A field name already taken by the core or by another
+    plugin is a :class:`~tunplug.exceptions.PluginError`.
+    """
+    raise NotImplementedError
 
 
 @hookspec
@@ -77,6 +94,11 @@ def tunplug_pipeline_stages(settings: TunplugSettings, tunnel: TunnelInfo) -> Se
     Called once per tunnel, before it starts carrying traffic. The stages of all plugins are
     chained in hook-call order (see :class:`~tunplug.pipeline.Pipeline`); each stage then sees
     every batch of packets in both directions without any further hook call.
+
+    The stages are the plugin's per-tunnel state: create them here (never keep them in module
+    globals). A stage with a ``tick()`` method is ticked about once a second while the tunnel
+    runs; one with a ``close()`` method is closed once when the tunnel goes down, after the data
+    path stopped and before :func:`tunplug_tunnel_down` (see :class:`~tunplug.pipeline.Stage`).
     """
     raise NotImplementedError
 

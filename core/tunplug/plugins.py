@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Generic, Literal, TypeVar, cast
@@ -24,7 +24,7 @@ import pluggy
 
 from tunplug import hookspecs
 from tunplug._marker import PROJECT_NAME
-from tunplug.config import TunplugSettings
+from tunplug.config import CORE_FIELDS, PluginLoading, PluginSettings, TunplugSettings
 from tunplug.crypto import CryptoBackend
 from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
@@ -79,10 +79,20 @@ class PluginRecord:
     blocked: bool = False
     error: str | None = None
     provides: dict[Kind, list[str]] = field(default_factory=dict)
+    #: The fields of its settings model (``tunplug_add_settings``).
+    settings: list[str] = field(default_factory=list)
 
     @property
     def loaded(self) -> bool:
         return not self.blocked and self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSettingsModel:
+    """A plugin's settings model and the plugin that declared it."""
+
+    plugin: str
+    model: type[PluginSettings]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +133,14 @@ class PluginHost:
         self.builtins = tuple(builtins)
         self.records: dict[str, PluginRecord] = {}
         self._registries: dict[Kind, dict[str, Registered[Any]]] = {}
+        self._settings_models: list[PluginSettingsModel] | None = None
         self._loaded = False
 
     @classmethod
-    def from_settings(cls, settings: TunplugSettings) -> PluginHost:
+    def from_settings(cls, settings: PluginLoading) -> PluginHost:
+        """A loaded host, blocking and autoloading as ``settings`` say (read them from the
+        environment with :meth:`PluginLoading.from_environment` before the command line is
+        parsed, so that plugins can add flags to it)."""
         host = cls(blocked=settings.blocked_plugins, autoload=not settings.disable_plugin_autoload)
         host.load()
         return host
@@ -167,6 +181,7 @@ class PluginHost:
         self.pm.check_pending()
         for kind in _REGISTRATION_HOOKS:
             self._registry(kind)
+        self.settings_models()
 
     def register(self, plugin: object, name: str) -> None:
         """Register an already-imported plugin object (tests, embedding applications)."""
@@ -175,6 +190,7 @@ class PluginHost:
         self.records[name] = record
         self._register(plugin, record)
         self._registries.clear()
+        self._settings_models = None
 
     def _load_one(
         self,
@@ -213,17 +229,38 @@ class PluginHost:
             record.error = f"implements unknown hook(s): {', '.join(sorted(unknown))}"
             log.warning("plugin %s (%s) %s", record.name, record.distribution, record.error)
 
+    # -- calling hooks one plugin at a time ------------------------------------------------
+    def _callers(self, hook_name: str) -> Iterator[tuple[str, Callable[..., Any]]]:
+        """For each plugin implementing ``hook_name`` (load order): its name, and a pluggy hook
+        caller with every wrapper and only that plugin's implementation.
+
+        Calls through these are real pluggy hook calls, so wrappers and tracing see them, and
+        each result is known to come from its plugin: what the duplicate-name errors, ``tunplug
+        plugins`` and per-plugin error isolation need.
+        """
+        implementers = [impl.plugin for impl in _plain_impls(self.pm, hook_name)]
+        for plugin in implementers:
+            others = [other for other in implementers if other is not plugin]
+            name = self.pm.get_name(plugin) or "?"
+            yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+    def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """``hook_name``'s non-``None`` results, each with the plugin that returned it."""
+        return [
+            (name, result)
+            for name, caller in self._callers(hook_name)
+            for result in caller(**kwargs)
+        ]
+
     # -- registries -----------------------------------------------------------------------
     def _registry(self, kind: Kind) -> dict[str, Registered[Any]]:
         if kind in self._registries:
             return self._registries[kind]
         hook_name, key = _REGISTRATION_HOOKS[kind]
         registry: dict[str, Registered[Any]] = {}
-        # pluggy lists implementations last-registered first; registries follow load order.
-        for impl in _plain_impls(self.pm, hook_name):
-            record = self.records[impl.plugin_name]
-            classes = cast("Sequence[type] | None", impl.function()) or ()
-            for cls in classes:
+        for plugin_name, classes in self._call_each(hook_name):
+            record = self.records[plugin_name]
+            for cls in cast("Sequence[type] | None", classes) or ():
                 backend_name = getattr(cls, key, None)
                 if not isinstance(backend_name, str) or not backend_name:
                     raise PluginError(
@@ -238,10 +275,42 @@ class PluginHost:
                         f"{record.name} from {record.distribution} {record.version}; "
                         f"block one with TUNPLUG_DISABLE_PLUGINS"
                     )
-                registry[backend_name] = Registered(cls, impl.plugin_name)
+                registry[backend_name] = Registered(cls, plugin_name)
                 record.provides.setdefault(kind, []).append(backend_name)
         self._registries[kind] = registry
         return registry
+
+    def settings_models(self) -> list[PluginSettingsModel]:
+        """Every plugin's settings model (``tunplug_add_settings``), in load order.
+
+        :raises PluginError: a model is not a :class:`PluginSettings` subclass, or one of its
+            fields is taken by the core's settings or by another plugin.
+        """
+        if self._settings_models is not None:
+            return self._settings_models
+        models: list[PluginSettingsModel] = []
+        owners: dict[str, str] = {name: "tunplug's own settings" for name in CORE_FIELDS}
+        for plugin_name, model in self._call_each("tunplug_add_settings"):
+            if model is None:
+                continue
+            record = self.records[plugin_name]
+            who = f"plugin {record.name} ({record.distribution})"
+            if not (isinstance(model, type) and issubclass(model, PluginSettings)):
+                raise PluginError(
+                    f"{who} returned {model!r} from tunplug_add_settings, "
+                    "not a tunplug.config.PluginSettings subclass"
+                )
+            for field_name in model.model_fields:
+                if field_name in owners:
+                    raise PluginError(
+                        f"{who} declares setting {field_name!r}, which {owners[field_name]} "
+                        "already has; prefix a plugin's settings with its name"
+                    )
+                owners[field_name] = f"{who}"
+            record.settings = list(model.model_fields)
+            models.append(PluginSettingsModel(plugin_name, model))
+        self._settings_models = models
+        return models
 
     def tun_backends(self) -> Mapping[str, type[Tun]]:
         return {name: reg.cls for name, reg in self._registry("tun").items()}
@@ -279,11 +348,12 @@ class PluginHost:
         self._notify_each("tunplug_tunnel_down", tunnel=tunnel, error=error)
 
     def _notify_each(self, hook_name: str, **kwargs: Any) -> None:
-        for impl in _plain_impls(self.pm, hook_name):
+        """A lifecycle hook, per plugin: one failing is logged and the others are still told."""
+        for name, caller in self._callers(hook_name):
             try:
-                impl.function(*[kwargs[arg] for arg in impl.argnames])
+                caller(**kwargs)
             except Exception:
-                log.exception("plugin %s failed in %s", impl.plugin_name, hook_name)
+                log.exception("plugin %s failed in %s", name, hook_name)
 
     def describe(self) -> list[PluginRecord]:
         """Every plugin seen, loaded or not, in load order."""

@@ -6,21 +6,27 @@ also an interface name that is taken), 130 interrupted.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from tunplug.config import PluginLoading, PluginSettings, env_name
 from tunplug.exceptions import (
     BackendUnavailable,
     BusyResource,
     ConfigError,
     PluginError,
     TunplugError,
+    single_leaf,
 )
+
+if TYPE_CHECKING:
+    from tunplug.plugins import PluginHost
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -85,9 +91,7 @@ def _unwrapped(command: Callable[[], int]) -> int:
     try:
         return command()
     except BaseExceptionGroup as group:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
+        leaf = single_leaf(group)
         if leaf is group:
             raise
         raise leaf from None
@@ -105,3 +109,52 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+# -- plugins' settings on the command line -----------------------------------------------------
+def load_plugins() -> PluginHost:
+    """The plugins of a command, loaded before its parser is built so that their settings
+    (``tunplug_add_settings``) become flags. Which plugins load comes from the environment
+    alone (``TUNPLUG_DISABLE_PLUGINS``, ``TUNPLUG_DISABLE_PLUGIN_AUTOLOAD``).
+
+    :raises ConfigError: one of those variables is invalid. :raises PluginError: two plugins
+        claim one name or one setting.
+    """
+    from tunplug.plugins import PluginHost
+
+    return PluginHost.from_settings(PluginLoading.from_environment())
+
+
+def add_plugin_settings(parser: argparse.ArgumentParser, plugins: PluginHost | None) -> None:
+    """One argument group per plugin with settings: a flag per field, its variable and default
+    in the help (a field's ``json_schema_extra={"metavar": "DIR"}`` names its value). Flags
+    default to ``None`` (unset), so variables and defaults still apply."""
+    if plugins is None:
+        return
+    for declared in plugins.settings_models():
+        group = parser.add_argument_group(f"settings of plugin {declared.plugin}")
+        for name, field in declared.model.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            default = "" if field.default is None else f", default {field.default}"
+            text = f"{field.description or name} ({env_name(name)}{default})"
+            if field.annotation is bool:
+                group.add_argument(
+                    flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text
+                )
+            else:
+                extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+                metavar = str(extra.get("metavar", name.upper()))
+                group.add_argument(flag, dest=name, metavar=metavar, default=None, help=text)
+
+
+def plugin_overrides(args: argparse.Namespace, plugins: PluginHost) -> dict[str, Any]:
+    """The plugin settings given as flags, by field name (for ``load_settings``)."""
+    return {
+        name: getattr(args, name, None)
+        for declared in plugins.settings_models()
+        for name in declared.model.model_fields
+    }
+
+
+def plugin_models(plugins: PluginHost) -> Sequence[type[PluginSettings]]:
+    return [declared.model for declared in plugins.settings_models()]

@@ -20,7 +20,15 @@ from typing import Any
 from tunplug import __version__
 from tunplug.app import App
 from tunplug.cli import gateway_resources
-from tunplug.cli._common import EXIT_OK, run_command, setup_logging
+from tunplug.cli._common import (
+    EXIT_OK,
+    add_plugin_settings,
+    load_plugins,
+    plugin_models,
+    plugin_overrides,
+    run_command,
+    setup_logging,
+)
 from tunplug.config import load_settings
 from tunplug.gateway.registry import (
     DB_NAME,
@@ -37,6 +45,7 @@ from tunplug.gateway.settings import (
     DEFAULT_STATE_DIR,
     GatewaySettings,
 )
+from tunplug.plugins import PluginHost
 from tunplug.wireguard.keys import format_key
 
 PROG = "tunplug-gateway"
@@ -47,7 +56,6 @@ FLAGS = {
     "tun_threads": "--tun-threads",
     "data_path": "--data-path",
     "metrics_address": "--metrics-address",
-    "flow_logs": "--flow-logs",
     "dns_upstream": "--dns-upstream",
     "log_dir": "--log-dir",
     "log_level": "--log-level",
@@ -56,7 +64,8 @@ FLAGS = {
 _EXIT_HELP = "exit status: 0 success; 1 runtime failure; 2 bad input or configuration."
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: PluginHost | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``plugins``, ``run`` has their settings' flags too."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="tunplug gateway: issues client tokens, revokes them, and forwards and "
@@ -234,12 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
         "nameservers in /etc/resolv.conf)",
     )
     run.add_argument(
-        "--flow-logs",
-        type=Path,
-        metavar="DIR",
-        help="append one JSON line per finished flow to DIR/flows.jsonl (TUNPLUG_FLOW_LOGS)",
-    )
-    run.add_argument(
         "--log-dir",
         type=Path,
         metavar="DIR",
@@ -250,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["trace", "debug", "info", "warning", "error"],
         help="log verbosity (TUNPLUG_LOG, default info)",
     )
+    add_plugin_settings(run, plugins)
     status = command(
         commands,
         "status",
@@ -262,14 +266,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
-    return run_command(PROG, lambda: handler(args))
+    def command() -> int:
+        plugins = load_plugins()
+        args = build_parser(plugins).parse_args(argv)
+        args.plugins = plugins
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        return handler(args)
+
+    return run_command(PROG, command)
 
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
+    """The settings of the command in ``args``; for ``run``, the plugins' settings too."""
     overrides = {field: getattr(args, field, None) for field in FLAGS}
-    return load_settings(overrides, flags=FLAGS, model=GatewaySettings)
+    plugins: PluginHost | None = getattr(args, "plugins", None)
+    if plugins is None or args.command != "run":
+        return load_settings(overrides, flags=FLAGS, model=GatewaySettings)
+    return load_settings(
+        {**overrides, **plugin_overrides(args, plugins)},
+        flags=FLAGS,
+        model=GatewaySettings,
+        plugins=plugin_models(plugins),
+    )
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -371,7 +389,7 @@ def _client_revoke(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     setup_logging(settings.log_level, settings.log_dir, file_name=f"{PROG}.log")
-    app = App(settings)
+    app = App(settings, args.plugins)
     app.data_path()  # an unknown or unavailable data path is a configuration error
     from tunplug.gateway.server import run_gateway
 

@@ -20,7 +20,16 @@ import anyio
 
 from tunplug import __version__
 from tunplug.app import App
-from tunplug.cli._common import EXIT_CONFIG, EXIT_OK, run_command, setup_logging
+from tunplug.cli._common import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    add_plugin_settings,
+    load_plugins,
+    plugin_models,
+    plugin_overrides,
+    run_command,
+    setup_logging,
+)
 from tunplug.config import load_settings
 from tunplug.control import control_channel
 from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
@@ -28,8 +37,9 @@ from tunplug.dns import DnsManager
 from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, PermissionDenied
 from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH, HeadlessSettings
-from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source
+from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source, take_token_variable
 from tunplug.node import InterfaceHooks, RunningInterface, is_full_tunnel, run_interface
+from tunplug.plugins import PluginHost
 from tunplug.service.status_file import DEFAULT_STATUS_FILE, status_file_task
 from tunplug.systemd import Notifier
 from tunplug.wireguard.keys import format_key
@@ -53,12 +63,12 @@ FLAGS = {
     "id": "--id",
     "dns_control": "--dns-control",
     "state_dir": "--state-dir",
-    "flow_logs": "--flow-logs",
     "activate_internet_resource": "--activate-internet-resource",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: PluginHost | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``plugins``, ``standalone`` has their settings' flags too."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="tunplug headless client: a WireGuard-compatible VPN client for servers.",
@@ -90,12 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a wg-quick file ([Interface] and [Peer]) of any WireGuard server, instead of a "
         "token; root-owned, mode 600",
-    )
-    logs.add_argument(
-        "--flow-logs",
-        type=Path,
-        metavar="DIR",
-        help="append one JSON line per finished flow to DIR/flows.jsonl (TUNPLUG_FLOW_LOGS)",
     )
     logs.add_argument(
         "--status-file",
@@ -130,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help=f"with --exit: fail (status 1) after this long (default {DEFAULT_EXIT_TIMEOUT:g})",
     )
+    add_plugin_settings(standalone, plugins)
     return parser
 
 
@@ -193,11 +198,16 @@ def add_client_options(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
     def command() -> int:
+        plugins = load_plugins()
+        args = build_parser(plugins).parse_args(argv)
         overrides = {field: getattr(args, field) for field in FLAGS}
-        settings = load_settings(overrides, flags=FLAGS, model=HeadlessSettings)
+        settings = load_settings(
+            {**overrides, **plugin_overrides(args, plugins)},
+            flags=FLAGS,
+            model=HeadlessSettings,
+            plugins=plugin_models(plugins),
+        )
         setup_logging(
             settings.log_level,
             None if args.check else settings.log_dir,
@@ -205,11 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_bytes=settings.log_max_bytes,
             backups=settings.log_backups,
         )
-        source = ConfigSource(args.config, settings.token_path)
+        source = ConfigSource(args.config, settings.token_path, take_token_variable())
         loaded = source.load()
         if not loaded.config.peers:
             raise ConfigError(loaded.origin, "has no [Peer] section: nothing to connect to")
-        app = App(settings)
+        app = App(settings, plugins)
         app.tun_backend()  # an unknown or unavailable backend is a configuration error
         app.data_path()  # likewise an unknown or unavailable data path
         dns_name = choose_dns_manager(app, settings.dns_control, loaded)

@@ -10,11 +10,12 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from tunplug import __version__
 from tunplug.app import App
 from tunplug.cli._common import EXIT_OK, run_command, setup_logging
-from tunplug.config import load_settings
+from tunplug.config import PluginSettings, env_name, load_settings
 from tunplug.crypto import CryptoBackend
 from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
@@ -190,6 +191,7 @@ def show_plugins(app: App, *, as_json: bool = False) -> int:
         "crypto": host.crypto_backends(),
         "datapath": host.data_paths(),
     }
+    settings = {declared.plugin: declared.model for declared in host.settings_models()}
     if as_json:
         rows = []
         for record in records:
@@ -216,6 +218,7 @@ def show_plugins(app: App, *, as_json: bool = False) -> int:
                     "status": _status(record),
                     "error": record.error,
                     "provides": provides,
+                    "settings": _describe_settings(settings.get(record.name)),
                 }
             )
         json.dump(rows, sys.stdout, indent=2)
@@ -234,6 +237,9 @@ def show_plugins(app: App, *, as_json: bool = False) -> int:
                 if caveat:
                     notes.append(caveat)
                 provided.append(f"{kind}:{name}" + (f" ({'; '.join(notes)})" if notes else ""))
+        provided += [
+            f"setting:{item['flag']}" for item in _describe_settings(settings.get(record.name))
+        ]
         status = _status(record) + (f": {record.error}" if record.error else "")
         table.append(
             (
@@ -249,6 +255,33 @@ def show_plugins(app: App, *, as_json: bool = False) -> int:
     active = _active_data_path(app)
     print(f"data path: {active['name'] or '-'} ({active['note']})")
     return EXIT_OK
+
+
+def _describe_settings(model: type[PluginSettings] | None) -> list[dict[str, Any]]:
+    """A plugin's settings as ``tunplug plugins`` shows them: flag, variable, type, default."""
+    if model is None:
+        return []
+    return [
+        {
+            "name": name,
+            "flag": "--" + name.replace("_", "-"),
+            "env": env_name(name),
+            "type": _type_name(field.annotation),
+            "default": _json_default(field.default),
+            "description": field.description or "",
+        }
+        for name, field in model.model_fields.items()
+    ]
+
+
+def _type_name(annotation: object) -> str:
+    name = getattr(annotation, "__name__", None)
+    text = name if isinstance(name, str) else str(annotation)
+    return text.replace("typing.", "").replace("pathlib.", "")
+
+
+def _json_default(value: object) -> object:
+    return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
 def _active_data_path(app: App) -> dict[str, str]:

@@ -9,7 +9,6 @@ watch the tunnel through it (protocol: ``docs/ipc.md``; server: :mod:`tunplug.se
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -18,12 +17,21 @@ import anyio
 
 from tunplug import __version__
 from tunplug.app import App
-from tunplug.cli._common import EXIT_OK, run_command, setup_logging
+from tunplug.cli._common import (
+    EXIT_OK,
+    add_plugin_settings,
+    load_plugins,
+    plugin_models,
+    plugin_overrides,
+    run_command,
+    setup_logging,
+)
 from tunplug.cli.headless import add_client_options, require_net_admin
 from tunplug.config import load_settings
 from tunplug.device_id import load_or_create_device_id, validate_device_id
 from tunplug.headless.settings import DEFAULT_TOKEN_PATH
-from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource
+from tunplug.headless.sources import ConfigSource, take_token_variable
+from tunplug.plugins import PluginHost
 from tunplug.service.access import resolve_group
 from tunplug.service.server import TunnelService
 from tunplug.service.settings import DEFAULT_GROUP, DEFAULT_SOCKET, TunnelServiceSettings
@@ -47,7 +55,8 @@ FLAGS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: PluginHost | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``plugins``, ``run`` has their settings' flags too."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="tunplug tunnel service: runs the VPN tunnel for GUIs over a local socket.",
@@ -86,15 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
         dns_help="systemd-resolved, etc-resolv-conf, disabled or auto (TUNPLUG_DNS_CONTROL, "
         "default auto); GUIs may change it (SetDnsControl)",
     )
+    add_plugin_settings(run, plugins)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-
     def command() -> int:
+        plugins = load_plugins()
+        args = build_parser(plugins).parse_args(argv)
         overrides = {field: getattr(args, field) for field in FLAGS}
-        settings = load_settings(overrides, flags=FLAGS, model=TunnelServiceSettings)
+        settings = load_settings(
+            {**overrides, **plugin_overrides(args, plugins)},
+            flags=FLAGS,
+            model=TunnelServiceSettings,
+            plugins=plugin_models(plugins),
+        )
         log_file = setup_logging(
             settings.log_level,
             settings.log_dir,
@@ -103,21 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             backups=settings.log_backups,
         )
         group_gid = resolve_group(settings.service_group)
-        app = App(settings)
+        app = App(settings, plugins)
         app.tun_backend()  # an unknown or unavailable backend is a configuration error
         app.data_path()  # likewise an unknown or unavailable data path
         require_net_admin()
         device_id = settings.id and validate_device_id(settings.id, "--id")
         device_id = device_id or load_or_create_device_id(settings.state_dir)
-        from_environment = TOKEN_VARIABLE in os.environ
+        token_variable = take_token_variable()
         service = TunnelService(
             app,
             settings,
             device_id=device_id,
-            source=ConfigSource(None, settings.token_path),  # takes TUNPLUG_TOKEN away
+            source=ConfigSource(None, settings.token_path, token_variable),
             group_gid=group_gid,
             interface=args.interface,
-            token_from_environment=from_environment,
+            token_from_environment=token_variable is not None,
             notifier=Notifier(),
             log_file=log_file,
         )

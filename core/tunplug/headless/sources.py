@@ -2,14 +2,16 @@
 
 Who calls it: :mod:`tunplug.cli.headless`, at start-up and on SIGHUP. The order, as in
 Firezone's headless client: ``--config FILE`` when given; else the ``TUNPLUG_TOKEN`` variable
-(read once, then removed from the process environment so that child processes never see it);
-else the token file. Files holding secrets must pass :func:`~tunplug.secure_files.
+(taken by the command at start-up with :func:`take_token_variable`: read once, then removed from
+the process environment so that a reload and child processes never see it); else the token
+file. Files holding secrets must pass :func:`~tunplug.secure_files.
 check_private_file`. Nothing here logs or prints a token or key.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,14 +44,24 @@ class Source:
         return cls(client.to_config(), origin, client.name, tuple(client.endpoints), client.control)
 
 
-class ConfigSource:
-    """Reads the configuration now and again on reload, from the same place."""
+def take_token_variable(environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """``TUNPLUG_TOKEN``, removed from ``environ``: what a command does once, at start-up."""
+    return environ.pop(TOKEN_VARIABLE, None)
 
-    def __init__(self, config_path: Path | None, token_path: Path) -> None:
+
+class ConfigSource:
+    """Reads the configuration now and again on reload, from the same place.
+
+    ``token_variable`` is the value of ``TUNPLUG_TOKEN`` the command took at start-up
+    (:func:`take_token_variable`), or ``None``.
+    """
+
+    def __init__(
+        self, config_path: Path | None, token_path: Path, token_variable: str | None = None
+    ) -> None:
         self.config_path = config_path
         self.token_path = token_path
-        # Taken from the environment once, so a reload (and children) never see it again.
-        self._token_from_env = os.environ.pop(TOKEN_VARIABLE, None)
+        self._token_from_env = token_variable
 
     def load(self) -> Source:
         """The configuration as it is now.

@@ -68,7 +68,8 @@ async def open_tunnel_pair(
     network: MemoryNetwork | None = None,
     tun_capacity: int = 1024,
 ) -> AsyncIterator[TunnelPair]:
-    """Start both engines; yield once they run; stop them and close everything on exit.
+    """Start both engines; yield once they run; stop them and close everything on exit
+    (the pipelines last, as when a tunnel goes down).
 
     ``tun_capacity`` bounds each fake device's queues (small values make backpressure easy to
     see). The client is ``10.99.0.2`` / ``fd99::2``, the gateway ``10.99.0.1`` / ``fd99::1``; each
@@ -84,38 +85,44 @@ async def open_tunnel_pair(
     pipelines = {"client": client_pipeline, "gateway": gateway_pipeline}
 
     sides: dict[str, Side] = {}
-    async with anyio.create_task_group() as tasks:
-        try:
-            for side, other in (("client", "gateway"), ("gateway", "client")):
-                device = WireGuardDevice(keys[side], crypto)
-                device.add_peer(
-                    PeerConfig(
-                        public_key=public[other],
-                        preshared_key=preshared_key,
-                        endpoint=endpoints[other] if side == "client" else None,
-                        allowed_ips=(
-                            ip_network(addresses[other][0] + "/32"),
-                            ip_network(addresses[other][1] + "/128"),
-                        ),
+    try:
+        async with anyio.create_task_group() as tasks:
+            try:
+                for side, other in (("client", "gateway"), ("gateway", "client")):
+                    device = WireGuardDevice(keys[side], crypto)
+                    device.add_peer(
+                        PeerConfig(
+                            public_key=public[other],
+                            preshared_key=preshared_key,
+                            endpoint=endpoints[other] if side == "client" else None,
+                            allowed_ips=(
+                                ip_network(addresses[other][0] + "/32"),
+                                ip_network(addresses[other][1] + "/128"),
+                            ),
+                        )
                     )
-                )
-                tun = FakeTun(
-                    TunOptions(
-                        name=f"{side}-fake",
-                        addresses=(
-                            ip_interface(addresses[side][0] + "/24"),
-                            ip_interface(addresses[side][1] + "/64"),
+                    tun = FakeTun(
+                        TunOptions(
+                            name=f"{side}-fake",
+                            addresses=(
+                                ip_interface(addresses[side][0] + "/24"),
+                                ip_interface(addresses[side][1] + "/64"),
+                            ),
                         ),
-                    ),
-                    capacity=tun_capacity,
-                )
-                transport = network.bind(endpoints[side])
-                engine = TunnelEngine(tun, transport, device, pipelines[side])
-                sides[side] = Side(side, tun, engine, addresses[side][0], public[side])
-                tasks.start_soon(engine.run, name=f"{side}-engine")
-            yield TunnelPair(network, sides["client"], sides["gateway"])
-        finally:
-            tasks.cancel_scope.cancel()
-            for entry in sides.values():
-                await entry.tun.aclose()
-                await entry.engine.transport.aclose()
+                        capacity=tun_capacity,
+                    )
+                    transport = network.bind(endpoints[side])
+                    engine = TunnelEngine(tun, transport, device, pipelines[side])
+                    sides[side] = Side(side, tun, engine, addresses[side][0], public[side])
+                    tasks.start_soon(engine.run, name=f"{side}-engine")
+                yield TunnelPair(network, sides["client"], sides["gateway"])
+            finally:
+                tasks.cancel_scope.cancel()
+                for entry in sides.values():
+                    await entry.tun.aclose()
+                    await entry.engine.transport.aclose()
+    finally:
+        # As a tunnel going down does: the stages close once their engine has stopped.
+        for pipeline in pipelines.values():
+            if pipeline is not None:
+                pipeline.close()

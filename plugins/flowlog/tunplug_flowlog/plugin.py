@@ -1,41 +1,57 @@
-"""The ``flow-log`` builtin plugin: hands the engine a :class:`FlowLogStage` per tunnel.
+"""The ``flow-log`` builtin plugin: declares ``--flow-logs`` and hands each tunnel a
+:class:`FlowLogStage`.
 
-Who calls it: the plugin manager, once per tunnel (``tunplug_pipeline_stages``) and when the
-tunnel goes down (``tunplug_tunnel_down``, which logs the flows still open and writes them).
-With ``--flow-logs`` / ``TUNPLUG_FLOW_LOGS`` unset it returns no stage, so the data path pays
-nothing.
+Who calls it: the plugin manager, once per application (``tunplug_add_settings``) and once per
+tunnel (``tunplug_pipeline_stages``). The stage is the tunnel's flow-log state; the engine
+closes it when the tunnel goes down (:meth:`tunplug.pipeline.Pipeline.close`), which logs the
+flows still open as ``shutdown``. With ``--flow-logs`` / ``TUNPLUG_FLOW_LOGS`` unset it returns
+no stage, so the data path pays nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import Field
 
 from tunplug import hookimpl
-from tunplug.config import TunplugSettings
+from tunplug.config import PluginSettings, TunplugSettings
 from tunplug.events import TunnelInfo
 from tunplug.exceptions import ConfigError
 from tunplug.pipeline import Stage
 from tunplug_flowlog.stage import FlowLogStage
 
-#: The stages of the tunnels that are up, by interface name (closed at tunnel down).
-_stages: dict[str, list[FlowLogStage]] = {}
+
+class FlowLogSettings(PluginSettings):
+    """``--flow-logs DIR`` / ``TUNPLUG_FLOW_LOGS`` and ``--flow-logs-max-bytes``."""
+
+    flow_logs: Path | None = Field(
+        None,
+        description="append one JSON line per finished flow to DIR/flows.jsonl; off when unset",
+        json_schema_extra={"metavar": "DIR"},
+    )
+    flow_logs_max_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=4096,
+        description="size at which the flow log file is rotated",
+        json_schema_extra={"metavar": "BYTES"},
+    )
+
+
+@hookimpl
+def tunplug_add_settings() -> type[PluginSettings]:
+    return FlowLogSettings
 
 
 @hookimpl
 def tunplug_pipeline_stages(settings: TunplugSettings, tunnel: TunnelInfo) -> Sequence[Stage]:
-    if settings.flow_logs is None:
+    own = settings.plugin(FlowLogSettings)
+    if own.flow_logs is None:
         return []
     try:
-        stage = FlowLogStage(settings.flow_logs, tunnel, max_bytes=settings.flow_logs_max_bytes)
+        return [FlowLogStage(own.flow_logs, tunnel, max_bytes=own.flow_logs_max_bytes)]
     except OSError as exc:
         raise ConfigError(
-            "--flow-logs (TUNPLUG_FLOW_LOGS)", f"cannot create {settings.flow_logs}: {exc}"
+            "--flow-logs (TUNPLUG_FLOW_LOGS)", f"cannot create {own.flow_logs}: {exc}"
         ) from exc
-    _stages.setdefault(tunnel.interface, []).append(stage)
-    return [stage]
-
-
-@hookimpl
-def tunplug_tunnel_down(tunnel: TunnelInfo, error: BaseException | None) -> None:
-    for stage in _stages.pop(tunnel.interface, []):
-        stage.close()

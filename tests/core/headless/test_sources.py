@@ -10,7 +10,7 @@ import pytest
 from tunplug import token
 from tunplug.cli._common import setup_logging
 from tunplug.exceptions import ConfigError
-from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource
+from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, take_token_variable
 from tunplug.testing.interop import Keys
 
 
@@ -32,7 +32,7 @@ def test_the_token_variable_wins_and_leaves_the_environment(monkeypatch, tmp_pat
     file_token.write_text(make_token("from-file"))
     file_token.chmod(0o600)
     monkeypatch.setenv(TOKEN_VARIABLE, make_token("from-env"))
-    source = ConfigSource(None, file_token)
+    source = ConfigSource(None, file_token, take_token_variable())
     assert TOKEN_VARIABLE not in os.environ
     loaded = source.load()
     assert loaded.client_name == "from-env"

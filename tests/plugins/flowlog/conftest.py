@@ -36,15 +36,3 @@ def make_stage(log_dir, clock):
     yield build
     for stage in stages:
         stage.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_stage_outlives_its_test():
-    """A test that fails before tunnel down must not leave stages in the plugin's registry."""
-    from tunplug_flowlog import plugin
-
-    yield
-    for stages in plugin._stages.values():
-        for stage in stages:
-            stage.close()
-    plugin._stages.clear()

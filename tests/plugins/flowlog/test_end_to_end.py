@@ -9,6 +9,7 @@ from tunplug.config import load_settings
 from tunplug.events import TunnelInfo
 from tunplug.testing.tunnel import open_tunnel_pair
 from tunplug_crypto_cryptography.backend import CryptographyBackend
+from tunplug_flowlog.plugin import FlowLogSettings
 
 from ._helpers import ACK, FIN, PSH, SYN, read_log, tcp
 
@@ -21,7 +22,7 @@ async def test_the_gateway_logs_the_clients_tcp_transfer_with_exact_counts(
     tunplug_plugin_host, tmp_path
 ):
     host = tunplug_plugin_host(builtins=["flow-log"])
-    settings = load_settings({"flow_logs": tmp_path})
+    settings = load_settings({"flow_logs": tmp_path}, plugins=[FlowLogSettings], environ={})
     names = {CLIENT: "laptop"}
     gateway_info = TunnelInfo("gateway-fake", "fake", "gateway", peer_name=names.get)
     client_info = TunnelInfo("client-fake", "fake", "client")
@@ -52,8 +53,6 @@ async def test_the_gateway_logs_the_clients_tcp_transfer_with_exact_counts(
                 )
                 await source.tun.inject([segment])
                 assert await sink.tun.delivered(1) == [segment]
-        host.notify_tunnel_down(gateway_info, None)
-        host.notify_tunnel_down(client_info, None)
 
     lines = [line for line in read_log(tmp_path) if line["protocol"] == "tcp"]
     by_side = {line["interface"]: line for line in lines}
