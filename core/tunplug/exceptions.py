@@ -82,3 +82,15 @@ def map_os_errors(action: str) -> Iterator[None]:
         cls = _ERRNO_CLASSES.get(exc.errno or 0, TunError)
         reason = exc.strerror or str(exc)
         raise cls(f"failed to {action}: {reason}", exc.errno) from exc
+
+
+def single_leaf(exc: BaseException) -> BaseException:
+    """The one error inside nested single-member exception groups, else ``exc`` itself.
+
+    A task group wraps even a lone error in an exception group; where one error is reported
+    (a command's one line on stderr, the tunnel service's ``Disconnected``), this unwraps it.
+    A group of several errors is returned as it is.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

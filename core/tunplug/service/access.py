@@ -1,7 +1,8 @@
 """Who may talk to the tunnel service: the socket's file permissions and the peer's credentials.
 
 Who calls it: :mod:`tunplug.service.server` (when it binds the socket and on every accepted
-connection) and :mod:`tunplug.cli.tunnel_service` (resolving ``--group`` at start-up).
+connection, whose credentials :mod:`tunplug.service.connection` reads) and
+:mod:`tunplug.cli.tunnel_service` (resolving ``--group`` at start-up).
 
 Two layers: the socket file is mode 0660 and belongs to the service's group, so the kernel
 refuses ``connect()`` to anyone else; and every accepted connection's credentials, as the

@@ -42,7 +42,7 @@ def test_once_connects_prints_a_frame_and_disconnects(harness, tmp_path):
     assert "state:     connected (managed by gui)" in lines
     assert "interface: tpsvc0" in lines and "addresses: 10.99.0.2/32" in lines
     assert lines[-1] == "connected on tpsvc0"
-    assert harness.service.tunnel is not None  # the example exited, the tunnel stayed
+    assert harness.service.session.tunnel is not None  # the example exited, the tunnel stayed
     again = tui("--socket", str(harness.path), "--once", "--connect", str(token_file))
     assert again.returncode == 1 and "already_connected" in again.stderr
     down = tui("--socket", str(harness.path), "--once", "--disconnect")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.service.conftest import Harness, start_service
-from tunplug.service.server import _stream_credentials
+from tunplug.service.connection import stream_credentials
 
 pytestmark = pytest.mark.root
 
@@ -79,7 +79,7 @@ def real_service() -> Iterator[Harness]:
     """The service with the kernel's credentials, group root, in a directory nobody can enter."""
     with tempfile.TemporaryDirectory(prefix="tunplug-svc-") as name:
         Path(name).chmod(0o755)
-        yield from start_service(Path(name), credentials=_stream_credentials)
+        yield from start_service(Path(name), credentials=stream_credentials)
 
 
 def test_nobody_is_refused_by_the_file_mode_and_by_its_credentials(real_service):

@@ -323,14 +323,14 @@ def test_stopping_tells_every_client_then_takes_the_tunnel_down_and_closes(harne
         assert recv_frame(quiet) == {"id": 0, "type": "TerminatingGracefully"}
         assert recv_frame(quiet) is None
     assert not harness.path.exists()
-    assert harness.service.tunnel is None
+    assert harness.service.session.tunnel is None
 
 
 def test_a_bug_in_a_request_is_an_internal_error_and_the_service_goes_on(harness, monkeypatch):
     def broken() -> p.TunnelStatus:
         raise KeyError("oops")
 
-    monkeypatch.setattr(harness.service, "status", broken)
+    monkeypatch.setattr(harness.service.session, "status", broken)
     with harness.raw() as sock:
         hello(sock)
         error = reply_to(sock, p.Status(id=4))
