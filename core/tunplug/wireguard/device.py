@@ -46,6 +46,7 @@ from tunplug.wireguard.constants import (
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter, source_bytes
 from tunplug.wireguard.endpoint import Endpoint
 from tunplug.wireguard.flood import FloodFilter, FloodGuard
+from tunplug.wireguard.ip import declared_length, destination_address, source_address
 from tunplug.wireguard.keys import clamp_private_key
 from tunplug.wireguard.messages import (
     COOKIE_REPLY,
@@ -298,23 +299,18 @@ class WireGuardDevice:
         self._version += 1  # timers may change: next_deadline() looks again
         out = Output()
         by_peer: dict[Peer, list[Packet]] = {}
-        lookup = self._routes.lookup_destination
+        lookup = self._routes.lookup_packed
         # A batch goes to few destinations: route each once.
         routed: dict[bytes, Peer | None] = {}
         for packet in packets:
-            size = len(packet)
-            version = packet[0] >> 4 if size else 0
-            if version == 4 and size >= 20:
-                destination = bytes(packet[16:20])  # 4 bytes: never equal to a v6 key
-            elif version == 6 and size >= 40:
-                destination = bytes(packet[24:40])
-            else:
+            destination = destination_address(packet)
+            if destination is None:
                 self.drops["no-route"] += 1
                 continue
             if destination in routed:
                 peer = routed[destination]
             else:
-                peer = routed[destination] = lookup(packet)
+                peer = routed[destination] = lookup(destination)
             if peer is None:
                 self.drops["no-route"] += 1
                 continue
@@ -663,10 +659,10 @@ class WireGuardDevice:
         plaintexts = keypair.receive.open_many(counters, ciphertexts)
         peer = keypair.peer
         replay = keypair.replay.check
-        lookup_source = self._routes.lookup_source
+        lookup_source = self._routes.lookup_packed
         # A batch comes from few inner sources: check each once (AllowedIPs cannot change
         # within the call).
-        allowed_sources: dict[bytes | memoryview, bool] = {}
+        allowed_sources: dict[bytes | None, bool] = {}
         to_tun = out.to_tun
         drops = self.drops
         authenticated = 0
@@ -688,25 +684,15 @@ class WireGuardDevice:
             if not plaintext:
                 continue
             data_packets += 1
-            version = plaintext[0] >> 4
             size = len(plaintext)
-            if version == 4 and size >= 20:
-                length = int.from_bytes(plaintext[2:4], "big")
-                if length < 20:
-                    drops["bad-inner-packet"] += 1
-                    continue
-            elif version == 6 and size >= 40:
-                length = 40 + int.from_bytes(plaintext[4:6], "big")
-            else:
+            length = declared_length(plaintext)
+            if length is None or length > size:
                 drops["bad-inner-packet"] += 1
                 continue
-            if length > size:
-                drops["bad-inner-packet"] += 1
-                continue
-            source = plaintext[12:16] if version == 4 else plaintext[8:24]
+            source = source_address(plaintext)  # not None: the header is whole
             allowed = allowed_sources.get(source)
             if allowed is None:
-                allowed = allowed_sources[source] = lookup_source(plaintext) is peer
+                allowed = allowed_sources[source] = lookup_source(source) is peer
             if not allowed:
                 drops["not-allowed-source"] += 1
                 continue

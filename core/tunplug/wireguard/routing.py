@@ -4,7 +4,8 @@ Who calls it: :class:`tunplug.wireguard.WireGuardDevice`, twice per packet: outb
 destination picks the peer to encrypt for; inbound, the inner source must map back to the peer
 whose key decrypted the packet (whitepaper section 2). Lookups are longest-prefix matches done
 as one dict probe per distinct prefix length in use, longest first: a handful of probes for any
-realistic configuration, with no per-packet object creation beyond one ``int``.
+realistic configuration, with no per-packet object creation beyond the packed address (read
+through :mod:`.ip`) and one ``int``.
 
 As in ``wg``, a prefix belongs to at most one peer: inserting it for another peer moves it.
 Each value's prefixes are also indexed by value, so :meth:`AllowedIPs.networks` and
@@ -16,7 +17,12 @@ peer, 2.7 s for 1,000 peers and about 5 min for 10,000 (measured 2026-12).
 from __future__ import annotations
 
 from ipaddress import IPv4Network, IPv6Network
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from tunplug.wireguard.ip import destination_address, source_address
+
+if TYPE_CHECKING:
+    from tunplug.tun import Packet
 
 Value = TypeVar("Value")
 
@@ -121,24 +127,18 @@ class AllowedIPs(Generic[Value]):
             return self._v4.lookup(int(parsed))
         return self._v6.lookup(int(parsed))
 
-    def lookup_destination(self, packet: bytes | bytearray | memoryview) -> Value | None:
-        """The value for an IP packet's destination; ``None`` if unrouted or not IP."""
-        if not packet:
+    def lookup_packed(self, address: bytes | None) -> Value | None:
+        """The value for a packed address (4 bytes IPv4, 16 bytes IPv6) as :mod:`.ip` gives
+        it; ``None`` for ``None``."""
+        if address is None:
             return None
-        version = packet[0] >> 4
-        if version == 4 and len(packet) >= 20:
-            return self._v4.lookup(int.from_bytes(packet[16:20], "big"))
-        if version == 6 and len(packet) >= 40:
-            return self._v6.lookup(int.from_bytes(packet[24:40], "big"))
-        return None
+        family = self._v4 if len(address) == 4 else self._v6
+        return family.lookup(int.from_bytes(address, "big"))
 
-    def lookup_source(self, packet: bytes | bytearray | memoryview) -> Value | None:
+    def lookup_destination(self, packet: Packet) -> Value | None:
+        """The value for an IP packet's destination; ``None`` if unrouted or not IP."""
+        return self.lookup_packed(destination_address(packet))
+
+    def lookup_source(self, packet: Packet) -> Value | None:
         """The value for an IP packet's source; ``None`` if unrouted or not IP."""
-        if not packet:
-            return None
-        version = packet[0] >> 4
-        if version == 4 and len(packet) >= 20:
-            return self._v4.lookup(int.from_bytes(packet[12:16], "big"))
-        if version == 6 and len(packet) >= 40:
-            return self._v6.lookup(int.from_bytes(packet[8:24], "big"))
-        return None
+        return self.lookup_packed(source_address(packet))
