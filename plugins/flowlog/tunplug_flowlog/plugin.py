@@ -27,12 +27,12 @@ class FlowLogSettings(PluginSettings):
     """``--flow-logs DIR`` / ``TUNPLUG_FLOW_LOGS`` and ``--flow-logs-max-bytes``."""
 
     flow_logs: Path | None = Field(
-        None,
+        default=None,
         description="append one JSON line per finished flow to DIR/flows.jsonl; off when unset",
         json_schema_extra={"metavar": "DIR"},
     )
     flow_logs_max_bytes: int = Field(
-        50 * 1024 * 1024,
+        default=50 * 1024 * 1024,
         ge=4096,
         description="size at which the flow log file is rotated",
         json_schema_extra={"metavar": "BYTES"},

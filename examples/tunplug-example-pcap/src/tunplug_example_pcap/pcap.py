@@ -14,15 +14,19 @@ _GLOBAL = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 
 
-def write_header(stream: BinaryIO) -> None:
-    stream.write(_GLOBAL.pack(MAGIC, 2, 4, 0, 0, SNAPLEN, LINKTYPE_RAW))
+def write_header(stream: BinaryIO, snaplen: int = SNAPLEN) -> None:
+    stream.write(_GLOBAL.pack(MAGIC, 2, 4, 0, 0, snaplen, LINKTYPE_RAW))
 
 
-def write_packet(stream: BinaryIO, packet: bytes | bytearray | memoryview) -> None:
+def write_packet(
+    stream: BinaryIO, packet: bytes | bytearray | memoryview, snaplen: int = SNAPLEN
+) -> None:
+    """One record: the first ``snaplen`` bytes of ``packet``, with its full length noted."""
     now = time.time()
     seconds = int(now)
-    stream.write(_RECORD.pack(seconds, int((now - seconds) * 1e6), len(packet), len(packet)))
-    stream.write(packet)
+    kept = min(len(packet), snaplen)
+    stream.write(_RECORD.pack(seconds, int((now - seconds) * 1e6), kept, len(packet)))
+    stream.write(packet[:kept])
 
 
 def read_packets(stream: BinaryIO) -> Iterator[bytes]:

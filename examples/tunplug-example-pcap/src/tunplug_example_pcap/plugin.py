@@ -1,40 +1,92 @@
-"""The hooks of the example plugin (entry point ``example-pcap`` in group ``tunplug``)."""
+"""The hooks of the example plugin (entry point ``example-pcap`` in group ``tunplug``).
+
+A worked example of the plugin API (see ``docs/plugins.md``):
+
+- ``tunplug_add_settings`` declares :class:`PcapSettings`: each field is a flag and a
+  ``TUNPLUG_*`` variable of the commands that run tunnels, validated by tunplug;
+- ``tunplug_pipeline_stages`` creates one :class:`PcapWriter` per tunnel: the stage *is* the
+  tunnel's state (no module globals); tunplug ticks it about once a second (it flushes the
+  file then) and closes it when the tunnel goes down;
+- ``tunplug_register_tun_backends`` adds the :class:`PcapReplayTun` backend, which finds its
+  settings in ``options.settings`` instead of reading the environment.
+"""
 
 from __future__ import annotations
 
 import os
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import BinaryIO, Self
 
 import anyio
+from pydantic import Field
 
 from tunplug import hookimpl
-from tunplug.config import TunplugSettings
+from tunplug.config import PluginSettings, TunplugSettings
 from tunplug.events import TunnelInfo
-from tunplug.exceptions import BackendUnavailable, ClosedResource
+from tunplug.exceptions import BackendUnavailable, ClosedResource, ConfigError
 from tunplug.pipeline import Stage
 from tunplug.tun import Packet, Tun, TunOptions
-from tunplug_example_pcap.pcap import read_packets, write_header, write_packet
+from tunplug_example_pcap.pcap import SNAPLEN, read_packets, write_header, write_packet
+
+
+class PcapSettings(PluginSettings):
+    """The plugin's settings: ``--pcap-file`` / ``TUNPLUG_PCAP_FILE`` and so on."""
+
+    pcap_file: str | None = Field(
+        default=None,
+        description="capture every packet of each tunnel into FILE (pcap); '{interface}' in it "
+        "is replaced by the tunnel's interface name; off when unset",
+        json_schema_extra={"metavar": "FILE"},
+    )
+    pcap_snaplen: int = Field(
+        default=SNAPLEN,
+        ge=64,
+        le=262144,
+        description="bytes of each packet kept in the capture",
+        json_schema_extra={"metavar": "BYTES"},
+    )
+    pcap_replay_in: Path | None = Field(
+        default=None,
+        description="the pcap-replay TUN backend plays the packets of FILE",
+        json_schema_extra={"metavar": "FILE"},
+    )
+    pcap_replay_out: Path | None = Field(
+        default=None,
+        description="the pcap-replay TUN backend records what it is sent to FILE",
+        json_schema_extra={"metavar": "FILE"},
+    )
 
 
 class PcapWriter:
-    """A pipeline stage appending every packet, both directions, to one pcap file."""
+    """A pipeline stage appending every packet of one tunnel, both directions, to a pcap file.
+
+    Records are buffered; :meth:`tick` (about once a second) flushes them and :meth:`close`
+    (when the tunnel goes down) flushes and closes the file.
+    """
 
     name = "pcap-writer"
 
-    def __init__(self, path: str) -> None:
-        self.stream: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed on tunnel down
-        write_header(self.stream)
+    def __init__(self, path: str, snaplen: int = SNAPLEN) -> None:
+        self.path = path
+        self.snaplen = snaplen
+        self.stream: BinaryIO = open(path, "wb")  # noqa: SIM115 - closed by close()
+        write_header(self.stream, snaplen)
+        self.stream.flush()
+        self.ticks = 0
 
     def _record(self, packets: list[Packet]) -> list[Packet]:
         for packet in packets:
-            write_packet(self.stream, packet)
-        self.stream.flush()
+            write_packet(self.stream, packet, self.snaplen)
         return packets
 
     outbound = _record
     inbound = _record
+
+    def tick(self) -> None:
+        self.ticks += 1
+        self.stream.flush()
 
     def close(self) -> None:
         self.stream.close()
@@ -44,7 +96,7 @@ class PcapReplayTun(Tun):
     """A TUN device that replays one capture and records what is written to it."""
 
     backend_name = "pcap-replay"
-    description = "replays TUNPLUG_PCAP_REPLAY_IN, records to TUNPLUG_PCAP_REPLAY_OUT"
+    description = "replays --pcap-replay-in, records to --pcap-replay-out"
 
     def __init__(self, options: TunOptions, source: list[bytes], sink: BinaryIO) -> None:
         self.name = options.name or "pcap0"
@@ -56,17 +108,15 @@ class PcapReplayTun(Tun):
         self._closed = anyio.Event()
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        if not os.environ.get("TUNPLUG_PCAP_REPLAY_IN"):
-            return "set TUNPLUG_PCAP_REPLAY_IN to a pcap file to replay"
-        return None
-
-    @classmethod
     async def create(cls, options: TunOptions) -> Self:
-        reason = cls.unavailable_reason()
-        if reason:
-            raise BackendUnavailable(reason)
-        source, sink = await anyio.to_thread.run_sync(_open_capture_files)
+        own = options.settings.plugin(PcapSettings) if options.settings else PcapSettings()
+        if own.pcap_replay_in is None:
+            raise BackendUnavailable(
+                "set --pcap-replay-in (TUNPLUG_PCAP_REPLAY_IN) to a pcap file to replay"
+            )
+        source, sink = await anyio.to_thread.run_sync(
+            _open_capture_files, own.pcap_replay_in, own.pcap_replay_out
+        )
         return cls(options, source, sink)
 
     async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
@@ -75,7 +125,7 @@ class PcapReplayTun(Tun):
         if not self._pending:
             await self._closed.wait()  # the capture is exhausted: nothing more ever arrives
             raise ClosedResource("pcap replay device is closed")
-        count = min(max_packets or self.batch_size, len(self._pending))
+        count = min(self.batch_limit(max_packets), len(self._pending))
         return [self._pending.popleft() for _ in range(count)]
 
     async def send_ready(self) -> None:
@@ -94,15 +144,20 @@ class PcapReplayTun(Tun):
             self._sink.close()
 
 
-def _open_capture_files() -> tuple[list[bytes], BinaryIO]:
-    with open(os.environ["TUNPLUG_PCAP_REPLAY_IN"], "rb") as stream:
-        source = list(read_packets(stream))
-    sink = open(os.environ.get("TUNPLUG_PCAP_REPLAY_OUT", os.devnull), "wb")  # noqa: SIM115
+def _open_capture_files(replay_in: Path, replay_out: Path | None) -> tuple[list[bytes], BinaryIO]:
+    try:
+        with open(replay_in, "rb") as stream:
+            source = list(read_packets(stream))
+    except (OSError, ValueError) as exc:
+        raise ConfigError("--pcap-replay-in", f"cannot replay {replay_in}: {exc}") from None
+    sink = open(replay_out or os.devnull, "wb")  # noqa: SIM115 - closed by aclose()
     write_header(sink)
     return source, sink
 
 
-_writers: dict[str, PcapWriter] = {}
+@hookimpl
+def tunplug_add_settings() -> type[PluginSettings]:
+    return PcapSettings
 
 
 @hookimpl
@@ -112,16 +167,11 @@ def tunplug_register_tun_backends() -> Sequence[type[Tun]]:
 
 @hookimpl
 def tunplug_pipeline_stages(settings: TunplugSettings, tunnel: TunnelInfo) -> Sequence[Stage]:
-    path = os.environ.get("TUNPLUG_PCAP_FILE")
-    if not path:
+    own = settings.plugin(PcapSettings)
+    if not own.pcap_file:
         return []
-    writer = PcapWriter(path)
-    _writers[tunnel.interface] = writer
-    return [writer]
-
-
-@hookimpl
-def tunplug_tunnel_down(tunnel: TunnelInfo, error: BaseException | None) -> None:
-    writer = _writers.pop(tunnel.interface, None)
-    if writer is not None:
-        writer.close()
+    path = own.pcap_file.replace("{interface}", tunnel.interface)
+    try:
+        return [PcapWriter(path, own.pcap_snaplen)]
+    except OSError as exc:
+        raise ConfigError("--pcap-file", f"cannot write {path}: {exc.strerror}") from None
