@@ -57,9 +57,9 @@ print(json.dumps({"sent": sent, "seconds": time.monotonic() - start}), flush=Tru
 def valid_initiation(responder_public_key: bytes) -> bytes:
     """A handshake initiation with a valid mac1 for ``responder_public_key``, from a fresh
     key (the responder has no such peer)."""
-    from tunplug_crypto_cryptography.backend import CryptographyBackend
+    from tunplug.testing.crypto import crypto_backend
 
-    crypto = CryptographyBackend()
+    crypto = crypto_backend()
     device = WireGuardDevice(crypto.generate_private_key(), crypto)
     device.add_peer(PeerConfig(public_key=responder_public_key, endpoint=("192.0.2.1", 1)))
     device.connect()

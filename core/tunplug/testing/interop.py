@@ -48,9 +48,9 @@ class Keys:
 
     @classmethod
     def generate(cls) -> Keys:
-        from tunplug_crypto_cryptography.backend import CryptographyBackend
+        from tunplug.testing.crypto import crypto_backend
 
-        crypto = CryptographyBackend()
+        crypto = crypto_backend()
         private = crypto.generate_private_key()
         return cls(format_key(private), format_key(crypto.public_key(private)))
 

@@ -64,7 +64,7 @@ async def fake_tun() -> AsyncIterator[FakeTun]:
 
 @pytest.fixture
 async def tunnel_pair(memory_network: MemoryNetwork) -> AsyncIterator[TunnelPair]:
-    from tunplug_crypto_cryptography.backend import CryptographyBackend
+    from tunplug.testing.crypto import crypto_backend
 
-    async with open_tunnel_pair(CryptographyBackend(), network=memory_network) as pair:
+    async with open_tunnel_pair(crypto_backend(), network=memory_network) as pair:
         yield pair
