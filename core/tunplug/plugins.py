@@ -361,6 +361,7 @@ class PluginHost:
 
 
 def _plain_impls(pm: pluggy.PluginManager, hook_name: str) -> list[pluggy.HookImpl]:
-    """A hook's non-wrapper implementations in plugin load order, for calling one by one."""
+    """A hook's non-wrapper implementations in plugin load order (pluggy keeps them in
+    registration order and calls them last first), for calling one by one."""
     impls = getattr(pm.hook, hook_name).get_hookimpls()
-    return [impl for impl in reversed(impls) if not (impl.wrapper or impl.hookwrapper)]
+    return [impl for impl in impls if not (impl.wrapper or impl.hookwrapper)]

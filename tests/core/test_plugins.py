@@ -10,7 +10,7 @@ import pytest
 from tunplug import hookimpl
 from tunplug.config import load_settings
 from tunplug.events import TunnelInfo
-from tunplug.exceptions import PluginError
+from tunplug.exceptions import ConfigError, PluginError
 from tunplug.plugins import BUILTIN_PLUGINS, FIRST_PARTY, PluginHost
 from tunplug.testing import FakeTun
 
@@ -225,3 +225,109 @@ def test_plugin_host_fixture_loads_only_what_is_asked(tunplug_plugin_host):
     assert host.crypto_backends() == {}
     with pytest.raises(ValueError, match="no builtin plugin"):
         tunplug_plugin_host(builtins=["nope"])
+
+
+# -- settings (tunplug_add_settings) ----------------------------------------------------------
+SETTINGS_SOURCE = """
+from pydantic import Field
+from tunplug import hookimpl
+from tunplug.config import PluginSettings
+
+class Settings(PluginSettings):
+    {field}: int = Field(default=7, ge=1, description="how many")
+
+@hookimpl
+def tunplug_add_settings():
+    return Settings
+"""
+
+
+def test_a_third_party_distribution_declares_settings(tmp_path, monkeypatch):
+    module = unique("settled")
+    make_distribution(
+        tmp_path, "settled-dist", "1.0", {"settled": module},
+        {module: SETTINGS_SOURCE.format(field="settled_count")},
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = PluginHost()
+    host.load()
+    [declared] = [m for m in host.settings_models() if m.plugin == "settled"]
+    assert host.records["settled"].settings == ["settled_count"]
+    models = [m.model for m in host.settings_models()]
+    settings = load_settings(plugins=models, environ={"TUNPLUG_SETTLED_COUNT": "3"})
+    assert settings.plugin(declared.model).settled_count == 3  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match=r"^TUNPLUG_SETTLED_COUNT: "):
+        load_settings(plugins=models, environ={"TUNPLUG_SETTLED_COUNT": "0"})
+
+
+@pytest.mark.parametrize("field", ["tun_threads", "flow_logs"])
+def test_a_setting_taken_by_the_core_or_another_plugin_stops_startup(field, tmp_path, monkeypatch):
+    module = unique("greedy")
+    make_distribution(
+        tmp_path, "greedy-dist", "0.3", {"greedy": module},
+        {module: SETTINGS_SOURCE.format(field=field)},
+    )  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError) as caught:
+        PluginHost().load()
+    message = str(caught.value)
+    assert f"plugin greedy (greedy-dist) declares setting {field!r}" in message
+    owner = "tunplug's own settings" if field == "tun_threads" else "plugin flow-log (tunplug)"
+    assert owner in message
+
+
+def test_a_setting_of_the_commands_own_model_is_refused(tunplug_plugin_host):
+    from tunplug.config import PluginSettings
+    from tunplug.headless.settings import HeadlessSettings
+
+    class Clash(PluginSettings):
+        state_dir: str = "x"
+
+    with pytest.raises(PluginError, match="state_dir"):
+        load_settings(model=HeadlessSettings, plugins=[Clash], environ={})
+
+
+def test_settings_hook_must_return_a_plugin_settings_model(tunplug_plugin_host):
+    class Wrong:
+        @hookimpl
+        def tunplug_add_settings(self) -> object:
+            return dict
+
+    with pytest.raises(PluginError, match=r"not a tunplug\.config\.PluginSettings subclass"):
+        tunplug_plugin_host(Wrong()).settings_models()
+
+
+# -- pluggy's own hook calls ------------------------------------------------------------------
+def test_registration_and_lifecycle_calls_go_through_pluggy_wrappers(tunplug_plugin_host):
+    seen: list[str] = []
+
+    class Tracer:
+        @hookimpl(wrapper=True)
+        def tunplug_register_tun_backends(self):  # type: ignore[no-untyped-def]
+            seen.append("register")
+            return (yield)
+
+        @hookimpl(wrapper=True)
+        def tunplug_tunnel_down(self, tunnel, error):  # type: ignore[no-untyped-def]
+            seen.append(f"down {tunnel.interface}")
+            return (yield)
+
+    class Extra(FakeTun):
+        backend_name = "extra"
+
+    class Provider:
+        @hookimpl
+        def tunplug_register_tun_backends(self) -> list[type[FakeTun]]:
+            return [Extra]
+
+        @hookimpl
+        def tunplug_tunnel_down(self, tunnel: TunnelInfo, error: BaseException | None) -> None:
+            raise RuntimeError("one plugin failing does not stop the others")
+
+    host = tunplug_plugin_host(Tracer(), Provider(), builtins=["tun-fake", "flow-log"])
+    assert host.tun_backends()["extra"] is Extra
+    assert host.records["Provider"].provides == {"tun": ["extra"]}
+    # One call per implementing plugin (tun-fake and Provider), each through the wrapper.
+    assert seen.count("register") == 2
+    host.notify_tunnel_down(TunnelInfo("wg9", "fake", "test"), None)
+    assert seen.count("down wg9") == 1
