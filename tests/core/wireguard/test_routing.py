@@ -35,6 +35,9 @@ def test_longest_prefix_match() -> None:
     assert table.lookup_destination(b"") is None
     assert table.lookup_destination(b"\x45" + bytes(10)) is None  # truncated header
     assert table.lookup_destination(b"\x75" + bytes(40)) is None  # not IP
+    assert table.lookup_packed(ipaddress.ip_address("10.1.2.3").packed) == "host"
+    assert table.lookup_packed(ipaddress.ip_address("fd00::5").packed) == "ula"
+    assert table.lookup_packed(None) is None
 
 
 def test_prefix_moves_between_values_and_removal() -> None:
