@@ -1,24 +1,22 @@
 """ctypes plumbing shared by the WinTun binding: C types, prototype tables and Windows errors.
 
-Who calls it: :mod:`._wintun` (the wintun.dll binding), :mod:`.device` and the fake Windows of
-:mod:`tunplug_tun_wintun.testing`. It also binds the few kernel32 and iphlpapi functions the
-backend needs besides wintun.dll: events to wake the receive thread, and the interface index
-that ``netsh`` takes.
+Who calls it: :mod:`._wintun` (the wintun.dll binding), :mod:`._api`, :mod:`.device` and the
+fake Windows of :mod:`tunplug_tun_wintun.testing`; it imports none of them. It also binds the
+few kernel32 and iphlpapi functions the backend needs besides wintun.dll: events to wake the
+receive thread, and the interface index that ``netsh`` takes.
 
 Everything here imports on every OS: it only uses portable :mod:`ctypes` types. A table of
 prototypes is applied to a *library object* (``ctypes.WinDLL`` on Windows, the fake in tests)
 with :func:`bind`, which sets ``restype`` and ``argtypes`` on each function, so the binding
 code is the same in both cases. Loading real DLLs (``ctypes.WinDLL``, Windows only) happens in
-:func:`load_windows_api`, called only on Windows.
+:func:`tunplug_tun_wintun._api.load_windows_api`, called only on Windows.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from tunplug.exceptions import (
@@ -213,60 +211,3 @@ class Iphlpapi:
         if status != ERROR_SUCCESS:
             raise windows_error(status, "find the adapter's interface index")
         return index.value
-
-
-@dataclass(frozen=True)
-class WindowsApi:
-    """Everything the backend calls on Windows, injectable as one object.
-
-    ``run`` runs a command line (``netsh``) and returns its exit status and output.
-    :func:`load_windows_api` builds the real one; tests build one over the fake of
-    :mod:`tunplug_tun_wintun.testing`.
-    """
-
-    wintun: Any  # a tunplug_tun_wintun._wintun.WintunLibrary (Any: no import cycle)
-    kernel32: Kernel32
-    iphlpapi: Iphlpapi
-    run: Callable[[Sequence[str]], tuple[int, str]]
-
-
-@functools.cache
-def load_windows_api(dll_path: str) -> WindowsApi:
-    """Load wintun.dll from ``dll_path`` (an absolute path), kernel32 and iphlpapi. Windows only.
-
-    Loaded once per path and process: every device shares the binding and its logger. The
-    DLL is loaded by full path, never through the DLL search path, so a wintun.dll planted in
-    the current directory is not picked up.
-
-    :raises BackendUnavailable: not Windows, or a DLL cannot be loaded.
-    """
-    if sys.platform != "win32":
-        raise BackendUnavailable("wintun: runs on Windows only")
-    from tunplug_tun_wintun._wintun import WintunLibrary
-
-    win_dll: Callable[..., Any] = ctypes.WinDLL  # type: ignore[attr-defined,unused-ignore]
-    functype: FuncTypeFactory = ctypes.WINFUNCTYPE  # type: ignore[attr-defined,unused-ignore]
-    last_error: Callable[[], int] = ctypes.get_last_error  # type: ignore[attr-defined,unused-ignore]
-    try:
-        wintun = win_dll(dll_path, use_last_error=True)
-        kernel32 = win_dll("kernel32", use_last_error=True)
-        iphlpapi = win_dll("iphlpapi", use_last_error=True)
-    except OSError as exc:
-        raise BackendUnavailable(f"wintun: cannot load {dll_path}: {exc}") from exc
-    return WindowsApi(
-        wintun=WintunLibrary(wintun, functype=functype, last_error=last_error),
-        kernel32=Kernel32(kernel32, last_error),
-        iphlpapi=Iphlpapi(iphlpapi),
-        run=run_command,
-    )
-
-
-def run_command(argv: Sequence[str]) -> tuple[int, str]:
-    """Run ``argv`` without a shell; return its exit status and its output (both streams)."""
-    import subprocess
-
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return result.returncode, (result.stdout + result.stderr).strip()

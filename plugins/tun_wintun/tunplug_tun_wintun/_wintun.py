@@ -1,8 +1,9 @@
 """A ctypes binding of wintun.dll (https://www.wintun.net), checked against ``api/wintun.h``.
 
-Who calls it: :mod:`tunplug_tun_wintun.device` (through :class:`WintunLibrary`), and the tests,
-which compare :func:`wintun_prototypes` with the header and run the binding over the fake DLL
-of :mod:`tunplug_tun_wintun.testing`.
+Who calls it: :mod:`tunplug_tun_wintun.device` (through the :class:`WintunLibrary` that
+:mod:`._api` builds; :func:`find_dll` when it opens a device), :mod:`.settings` (the ring
+capacity's rule), and the tests, which compare :func:`wintun_prototypes` with the header and
+run the binding over the fake DLL of :mod:`tunplug_tun_wintun.testing`.
 
 :class:`WintunLibrary` wraps any object with the 14 exported functions: ``ctypes.WinDLL``
 loaded with ``use_last_error=True`` on Windows (errors are read with
@@ -18,14 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tunplug.exceptions import ConfigError
+from tunplug.exceptions import BackendUnavailable, ConfigError
 from tunplug_tun_wintun._win32 import (
     BOOL,
     BYTE_P,
@@ -55,7 +55,8 @@ WINTUN_LOG_INFO, WINTUN_LOG_WARN, WINTUN_LOG_ERR = 0, 1, 2
 #: Adapter names hold up to ``MAX_ADAPTER_NAME - 1`` characters (MAX_ADAPTER_NAME is 128).
 MAX_ADAPTER_NAME_LENGTH = 127
 
-#: The setting that overrides the ring capacity, and the one that names wintun.dll.
+#: The variables of the settings that set the ring capacity and name wintun.dll, as messages
+#: name them (:class:`tunplug_tun_wintun.settings.WintunSettings` declares both).
 RING_CAPACITY_ENV = "TUNPLUG_WINTUN_RING_CAPACITY"
 DLL_ENV = "TUNPLUG_WINTUN_DLL"
 DLL_NAME = "wintun.dll"
@@ -221,56 +222,47 @@ class WintunLibrary:
         return True
 
 
-def check_ring_capacity(capacity: int, setting: str = RING_CAPACITY_ENV) -> int:
-    """Return ``capacity`` if WinTun accepts it as a ring size, else raise :class:`ConfigError`."""
-    if not WINTUN_MIN_RING_CAPACITY <= capacity <= WINTUN_MAX_RING_CAPACITY or capacity & (
+def ring_capacity_problem(capacity: int) -> str | None:
+    """What is wrong with ``capacity`` as a WinTun ring size, or ``None`` if WinTun takes it."""
+    if WINTUN_MIN_RING_CAPACITY <= capacity <= WINTUN_MAX_RING_CAPACITY and not capacity & (
         capacity - 1
     ):
-        raise ConfigError(
-            setting,
-            f"must be a power of two between {WINTUN_MIN_RING_CAPACITY:#x} and "
-            f"{WINTUN_MAX_RING_CAPACITY:#x} bytes, not {capacity:#x}",
-        )
+        return None
+    return (
+        f"must be a power of two between {WINTUN_MIN_RING_CAPACITY:#x} and "
+        f"{WINTUN_MAX_RING_CAPACITY:#x} bytes, not {capacity:#x}"
+    )
+
+
+def check_ring_capacity(capacity: int, setting: str = RING_CAPACITY_ENV) -> int:
+    """Return ``capacity`` if WinTun accepts it as a ring size, else raise :class:`ConfigError`."""
+    problem = ring_capacity_problem(capacity)
+    if problem is not None:
+        raise ConfigError(setting, problem)
     return capacity
 
 
-def ring_capacity_from_env(environ: Mapping[str, str] = os.environ) -> int | None:
-    """The ring capacity set in ``TUNPLUG_WINTUN_RING_CAPACITY`` (decimal or ``0x`` hex)."""
-    text = environ.get(RING_CAPACITY_ENV, "").strip()
-    if not text:
-        return None
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise ConfigError(RING_CAPACITY_ENV, f"not a whole number: {text!r}") from None
-    return check_ring_capacity(value)
+def find_dll(configured: Path | None) -> Path:
+    """The absolute path of wintun.dll.
 
+    ``configured`` (the ``wintun_dll`` setting) names the file when set; otherwise it is
+    expected next to the Python executable (``python.exe``). Only absolute paths are used,
+    never the DLL search path.
 
-def find_dll(environ: Mapping[str, str] = os.environ) -> tuple[Path | None, str]:
-    """Where wintun.dll is, and where it was looked for (for messages).
-
-    ``TUNPLUG_WINTUN_DLL`` names the file when set; otherwise it is expected next to the
-    Python executable (``python.exe``). Only absolute paths are used, never the search path.
+    :raises ~tunplug.exceptions.BackendUnavailable: there is no such file; the message says
+        where it was looked for, and where to get the DLL.
     """
-    configured = environ.get(DLL_ENV, "").strip()
-    candidates = [Path(configured)] if configured else [Path(sys.executable).parent / DLL_NAME]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.absolute(), str(candidate)
-    return None, " or ".join(str(candidate) for candidate in candidates)
-
-
-def missing_dll_reason(environ: Mapping[str, str] = os.environ) -> str | None:
-    """Why wintun.dll cannot be found, or ``None`` if it can."""
-    path, looked_at = find_dll(environ)
-    if path is not None:
-        return None
-    if environ.get(DLL_ENV, "").strip():
-        return f"{DLL_ENV} names {looked_at}, which does not exist"
-    return (
-        f"{DLL_NAME} not found at {looked_at}: download the signed DLL from {DLL_SOURCE} "
-        f"(bin/<arch>/{DLL_NAME}) and put it there, or set {DLL_ENV}"
-    )
+    candidate = configured if configured is not None else Path(sys.executable).parent / DLL_NAME
+    if candidate.is_file():
+        return candidate.absolute()
+    if configured is not None:
+        reason = f"{DLL_ENV} names {candidate}, which does not exist"
+    else:
+        reason = (
+            f"{DLL_NAME} not found at {candidate}: download the signed DLL from {DLL_SOURCE} "
+            f"(bin/<arch>/{DLL_NAME}) and put it there, or set {DLL_ENV}"
+        )
+    raise BackendUnavailable(f"wintun: {reason}")
 
 
 def forward_log(level: int, timestamp: int, message: str) -> None:

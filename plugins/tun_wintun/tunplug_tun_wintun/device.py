@@ -6,16 +6,18 @@ Who calls it: the engine, through the :class:`~tunplug.tun.Tun` contract, once t
 
 How it works:
 
-- **Creation** (a worker thread). wintun.dll is loaded by full path (``TUNPLUG_WINTUN_DLL``,
-  or ``wintun.dll`` next to ``python.exe``). If an adapter of the requested name exists, it
-  belongs to another process and we refuse (:class:`~tunplug.exceptions.BusyResource`)
-  rather than share it. The adapter is created with a GUID derived from its name (so Windows
-  keeps one network profile per name, not a new one per run), a session is started with rings
-  of :attr:`WintunTun.ring_capacity` bytes, and ``netsh`` sets the MTU and addresses.
+- **Creation** (a worker thread). wintun.dll is loaded by full path (the ``wintun_dll``
+  setting, :mod:`.settings`, or ``wintun.dll`` next to ``python.exe``). If an adapter of the
+  requested name exists, it belongs to another process and we refuse
+  (:class:`~tunplug.exceptions.BusyResource`) rather than share it. The adapter is created
+  with a GUID derived from its name (so Windows keeps one network profile per name, not a new
+  one per run), a session is started with rings of :attr:`WintunTun.ring_capacity` bytes, and
+  ``netsh`` sets the MTU and addresses.
 - **Reading.** A dedicated thread (``wintun-<name>-rx``) drains the receive ring with
   ``WintunReceivePacket`` (each packet is copied out and released at once, so the ring frees
   up) until ``ERROR_NO_MORE_ITEMS``, handing batches of at most ``batch_size`` packets to the
-  event loop through a bounded channel (:data:`RX_QUEUE_BATCHES` batches). When the loop does
+  event loop through the bounded :class:`~tunplug.threaded.Inbound` channel of
+  :class:`~tunplug.threaded.ThreadedTun` (:data:`RX_QUEUE_BATCHES` batches). When the loop does
   not keep up the thread blocks on the channel, the ring fills and WinTun drops, so memory
   stays bounded. With nothing to read it sleeps in ``WaitForMultipleObjects`` on the
   session's read-wait event and our quit event.
@@ -34,10 +36,8 @@ Runs on anyio's asyncio backend (the engine's).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
-import threading
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -47,26 +47,20 @@ from typing import ClassVar, Self
 import anyio
 import anyio.lowlevel
 
-from tunplug._channels import Inbound, fresh
-from tunplug.exceptions import BackendUnavailable, ClosedResource, TunError
-from tunplug.tun import Packet, Tun, TunOptions
+from tunplug.exceptions import BackendUnavailable, TunError
+from tunplug.threaded import ThreadedTun, running_asyncio_loop
+from tunplug.tun import Packet, TunOptions
 from tunplug_tun_wintun import netsh
-from tunplug_tun_wintun._win32 import (
-    ERROR_ALREADY_EXISTS,
-    INFINITE,
-    WindowsApi,
-    load_windows_api,
-    windows_error,
-)
+from tunplug_tun_wintun._api import WindowsApi, load_windows_api
+from tunplug_tun_wintun._win32 import ERROR_ALREADY_EXISTS, INFINITE, windows_error
 from tunplug_tun_wintun._wintun import (
     MAX_ADAPTER_NAME_LENGTH,
     WINTUN_MAX_IP_PACKET_SIZE,
     check_ring_capacity,
     find_dll,
     forward_log,
-    missing_dll_reason,
-    ring_capacity_from_env,
 )
+from tunplug_tun_wintun.settings import WintunSettings
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +69,6 @@ RX_QUEUE_BATCHES = 4
 #: First and longest wait of :meth:`WintunTun.send_ready` while the send ring is full.
 SEND_POLL_SECONDS = 0.0005
 SEND_POLL_MAX_SECONDS = 0.01
-#: How long :meth:`WintunTun.aclose` waits for the receive thread.
-JOIN_TIMEOUT_SECONDS = 5.0
 #: The adapter name used when :attr:`TunOptions.name` is ``None``.
 DEFAULT_NAME = "tunplug"
 #: Names the adapter GUIDs (uuid5 of the adapter name), so one name keeps one GUID.
@@ -92,20 +84,22 @@ class _Counters:
         self.rx_packets = self.rx_bytes = 0
 
 
-class WintunTun(Tun):
+class WintunTun(ThreadedTun):
     """A WinTun adapter with one receive thread; sends go straight into the ring.
 
     Open one with :meth:`create` (real wintun.dll) or :meth:`open` (any
-    :class:`~tunplug_tun_wintun._win32.WindowsApi`, e.g. the fake). The constructor takes an
+    :class:`~tunplug_tun_wintun._api.WindowsApi`, e.g. the fake). The constructor takes an
     adapter and a started session, owns them from then on, and must run in the event loop.
     """
 
     backend_name = "wintun"
     description = "Windows WinTun adapter via ctypes, with a receive thread"
     caveat = "never run on real Windows: CI runs it over a fake wintun.dll"
+    platforms = frozenset({"win32"})
+    device_kind = "WinTun adapter"
 
     #: Bytes of each of the session's two rings: a power of two from 0x20000 (128 KiB) to
-    #: 0x4000000 (64 MiB). ``TUNPLUG_WINTUN_RING_CAPACITY`` overrides it in :meth:`create`.
+    #: 0x4000000 (64 MiB). The ``wintun_ring_capacity`` setting overrides it in :meth:`create`.
     #: 8 MiB is what wireguard-go uses.
     ring_capacity: ClassVar[int] = 0x800000
     #: The tunnel type WinTun records for the adapter.
@@ -121,53 +115,52 @@ class WintunTun(Tun):
         index: int,
         options: TunOptions,
     ) -> None:
-        loop = _running_asyncio_loop()
-        self.name = name
-        self.mtu = options.mtu
-        self.queues = 1
-        self.batch_size = options.batch_size
+        super().__init__(name=name, options=options, inbound_batches=RX_QUEUE_BATCHES)
         #: The adapter's interface index (what ``netsh`` and ``route print`` show).
         self.index = index
         self.addresses = options.addresses
         self._api = api
         self._adapter = adapter
         self._session = session
-        self._closed = False
         self._closed_event = anyio.Event()
-        self._closed_error = ClosedResource(f"WinTun adapter {name!r} is closed")
-        self._failure: TunError | None = None
         self._backlog: list[bytes] = []
         self._routes: list[IPv4Network | IPv6Network] = []
         self._rx = _Counters()
         self.tx_packets = self.tx_bytes = 0
         #: Packets dropped on the send path, by reason (``too_large``, ``backlog_full``).
         self.drops: Counter[str] = Counter()
-        self._inbound = Inbound(loop, RX_QUEUE_BATCHES)
         self._read_event = api.wintun.read_wait_event(session)
         self._quit_event = api.kernel32.create_event(manual_reset=True)
-        self._thread = threading.Thread(
-            target=self._receive_loop, name=f"wintun-{name}-rx", daemon=True
-        )
-        self._thread.start()
+        self._add_thread(f"wintun-{name}-rx", self._receive_loop)
+        self._start_threads()
 
     # -- the Tun contract ---------------------------------------------------------------
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
+        # Only what needs no settings: a missing wintun.dll is create()'s to report.
         if sys.platform != "win32":
             return "runs on Windows only"
-        return missing_dll_reason()
+        return None
 
     @classmethod
     async def create(cls, options: TunOptions) -> Self:
+        """Load wintun.dll (the ``wintun_dll`` setting, :mod:`.settings`) and :meth:`open`.
+
+        :raises ~tunplug.exceptions.BackendUnavailable: not Windows, or no wintun.dll where
+            it was looked for (the message says where, and where to get it).
+        """
         reason = cls.unavailable_reason()
         if reason is not None:
             raise BackendUnavailable(f"{cls.backend_name}: {reason}")
-        capacity = ring_capacity_from_env()
-        path, _ = find_dll()
-        assert path is not None  # unavailable_reason() checked it
+        settings = (
+            options.settings.plugin(WintunSettings)
+            if options.settings is not None
+            else WintunSettings()
+        )
+        path = find_dll(settings.wintun_dll)
         api = await anyio.to_thread.run_sync(load_windows_api, str(path))
-        return await cls.open(options, api=api, ring_capacity=capacity)
+        return await cls.open(options, api=api, ring_capacity=settings.wintun_ring_capacity)
 
     @classmethod
     async def open(
@@ -181,7 +174,7 @@ class WintunTun(Tun):
         :raises ~tunplug.exceptions.BusyResource: an adapter of that name exists.
         :raises ~tunplug.exceptions.PermissionDenied: not running as Administrator.
         """
-        _running_asyncio_loop()
+        running_asyncio_loop(cls.backend_name)
         capacity = check_ring_capacity(
             cls.ring_capacity if ring_capacity is None else ring_capacity
         )
@@ -199,11 +192,6 @@ class WintunTun(Tun):
             api.wintun.end_session(session)
             api.wintun.close_adapter(adapter)
             raise
-
-    async def recv_many(self, max_packets: int | None = None) -> Sequence[Packet]:
-        max_packets = self.batch_limit(max_packets)
-        await anyio.lowlevel.checkpoint()
-        return await self._inbound.get(max_packets, self._closed_error)
 
     async def send_ready(self) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
@@ -254,17 +242,6 @@ class WintunTun(Tun):
         """The networks :meth:`add_routes` routed here."""
         return list(self._routes)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._closed_event.set()
-        self._backlog.clear()
-        self._api.kernel32.set_event(self._quit_event)
-        self._inbound.close()
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._join_and_release)
-
     # -- extras ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int | dict[str, int]]:
@@ -283,19 +260,12 @@ class WintunTun(Tun):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise fresh(self._closed_error)
-        if self._failure is not None:
-            raise fresh(self._failure)
-
     def _write(self, packet: bytes) -> bool:
         """Put one packet in the send ring; ``False`` if the ring is full."""
         try:
             return bool(self._api.wintun.send(self._session, packet))
         except TunError as exc:
-            self._failure = exc
-            self._inbound.fail(exc)
+            self._fail(exc)
             raise
 
     def _to_backlog(self, packet: bytes) -> None:
@@ -339,15 +309,23 @@ class WintunTun(Tun):
                     return  # the quit event
         except TunError as exc:
             if not self._closed:
+                # Only receiving fails: sends go on until the send ring reports its own error.
                 log.error("%s: %s", self.name, exc)
                 inbound.fail(exc)
 
-    def _join_and_release(self) -> None:
-        self._thread.join(JOIN_TIMEOUT_SECONDS)
-        if self._thread.is_alive():
+    # -- ThreadedTun ------------------------------------------------------------------------
+
+    def _wake_threads(self) -> None:
+        self._closed_event.set()
+        self._backlog.clear()
+        self._api.kernel32.set_event(self._quit_event)
+
+    def _release(self) -> None:
+        stuck = self._join_threads()
+        if stuck:
             # Ending the session under a live thread could touch freed ring memory; leak it
             # instead (the process exit releases it).
-            log.error("thread %s did not stop, leaving the WinTun session open", self._thread.name)
+            log.error("thread %s did not stop, leaving the WinTun session open", ", ".join(stuck))
             return
         wintun = self._api.wintun
         wintun.end_session(self._session)
@@ -406,12 +384,3 @@ def _run(api: WindowsApi, command: Sequence[str], action: str | None = None) -> 
     if status != 0:
         what = action or " ".join(command)
         raise TunError(f"failed to {what}: {output or f'exit status {status}'}")
-
-
-def _running_asyncio_loop() -> asyncio.AbstractEventLoop:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        raise BackendUnavailable(
-            "the wintun backend needs a running asyncio event loop (anyio's asyncio backend)"
-        ) from None

@@ -1,7 +1,7 @@
 """The ``netsh`` command lines that give a WinTun adapter its MTU, addresses and routes.
 
 Who calls it: :mod:`tunplug_tun_wintun.device` builds the commands here and runs them through
-:attr:`~tunplug_tun_wintun._win32.WindowsApi.run`; tests check the commands built.
+:attr:`~tunplug_tun_wintun._api.WindowsApi.run`; tests check the commands built.
 
 Why ``netsh``: it ships with every Windows, needs no extra binding, and its ``store=active``
 settings vanish with the adapter (nothing persists after a crash). The adapter is named by its

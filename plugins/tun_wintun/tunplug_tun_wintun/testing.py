@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from tunplug_tun_wintun._api import WindowsApi
 from tunplug_tun_wintun._win32 import (
     ERROR_ACCESS_DENIED,
     ERROR_ALREADY_EXISTS,
@@ -47,7 +48,6 @@ from tunplug_tun_wintun._win32 import (
     Iphlpapi,
     Kernel32,
     Prototype,
-    WindowsApi,
 )
 from tunplug_tun_wintun._wintun import (
     WINTUN_MAX_IP_PACKET_SIZE,
@@ -165,7 +165,7 @@ class _Event:
 class FakeWindows:
     """wintun.dll, kernel32 and iphlpapi stand-ins sharing one handle table.
 
-    :meth:`api` gives the :class:`~tunplug_tun_wintun._win32.WindowsApi` to pass to
+    :meth:`api` gives the :class:`~tunplug_tun_wintun._api.WindowsApi` to pass to
     :meth:`WintunTun.open <tunplug_tun_wintun.device.WintunTun.open>`. The "operating
     system" side is :meth:`inject`, :meth:`take_sent` and :meth:`terminate`. ``admin=False``
     plays a process without Administrator rights; ``failing_commands`` holds words that make

@@ -1,4 +1,5 @@
-"""The wintun.dll binding: every export with wintun.h's types, errors, ring capacity, the DLL.
+"""The wintun.dll binding: every export with wintun.h's types, errors, ring capacity, the DLL
+and the settings that name it.
 
 The table below was written from ``api/wintun.h`` and ``api/exports.def`` of
 github.com/WireGuard/wintun, separately from the binding, which is checked against it.
@@ -13,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from tunplug.config import env_name, load_settings
 from tunplug.exceptions import (
     BackendUnavailable,
     BusyResource,
@@ -21,15 +23,13 @@ from tunplug.exceptions import (
     PermissionDenied,
     TunError,
 )
+from tunplug.tun import TunOptions
 from tunplug_tun_wintun import _win32, _wintun
-from tunplug_tun_wintun._win32 import GUID, NET_LUID, load_windows_api, windows_error
-from tunplug_tun_wintun._wintun import (
-    WintunLibrary,
-    check_ring_capacity,
-    missing_dll_reason,
-    ring_capacity_from_env,
-)
+from tunplug_tun_wintun._api import load_windows_api
+from tunplug_tun_wintun._win32 import GUID, NET_LUID, windows_error
+from tunplug_tun_wintun._wintun import WintunLibrary, check_ring_capacity, find_dll
 from tunplug_tun_wintun.device import WintunTun
+from tunplug_tun_wintun.settings import WintunSettings
 
 # C type names of the header -> what ctypes must be told, on a 64- or 32-bit Windows.
 C_TYPES = {
@@ -164,14 +164,38 @@ def test_ring_capacities_wintun_refuses_give_one_line_config_errors(capacity):
     assert "0x20000" in message and "0x4000000" in message
 
 
+def wintun_settings(**environ: str) -> WintunSettings:
+    """The plugin's settings as the application loads them from ``environ``."""
+    return load_settings(plugins=[WintunSettings], environ=environ).plugin(WintunSettings)
+
+
+def test_the_settings_keep_the_variable_names():
+    assert env_name("wintun_dll") == _wintun.DLL_ENV == "TUNPLUG_WINTUN_DLL"
+    assert env_name("wintun_ring_capacity") == _wintun.RING_CAPACITY_ENV
+
+
 def test_ring_capacity_from_the_environment():
-    assert ring_capacity_from_env({}) is None
-    assert ring_capacity_from_env({"TUNPLUG_WINTUN_RING_CAPACITY": "0x40000"}) == 0x40000
-    assert ring_capacity_from_env({"TUNPLUG_WINTUN_RING_CAPACITY": "262144"}) == 0x40000
-    with pytest.raises(ConfigError, match="not a whole number: 'lots'"):
-        ring_capacity_from_env({"TUNPLUG_WINTUN_RING_CAPACITY": "lots"})
-    with pytest.raises(ConfigError, match="power of two"):
-        ring_capacity_from_env({"TUNPLUG_WINTUN_RING_CAPACITY": "100000"})
+    assert wintun_settings().wintun_ring_capacity is None
+    assert wintun_settings(TUNPLUG_WINTUN_RING_CAPACITY=" ").wintun_ring_capacity is None
+    for text in ("0x40000", "262144", " 262144 "):
+        assert wintun_settings(TUNPLUG_WINTUN_RING_CAPACITY=text).wintun_ring_capacity == 0x40000
+
+
+@pytest.mark.parametrize(
+    ("text", "words"), [("lots", "not a whole number"), ("100000", "must be a power of two")]
+)
+def test_a_bad_ring_capacity_is_a_one_line_error_naming_the_variable(text, words):
+    with pytest.raises(ConfigError) as caught:
+        wintun_settings(TUNPLUG_WINTUN_RING_CAPACITY=text)
+    message = str(caught.value)
+    assert message.startswith(f"TUNPLUG_WINTUN_RING_CAPACITY: {words}")
+    assert "\n" not in message
+
+
+def test_a_bad_ring_capacity_flag_is_named_as_typed():
+    flags = {"wintun_ring_capacity": "--wintun-ring-capacity"}
+    with pytest.raises(ConfigError, match=r"^--wintun-ring-capacity: must be a power of two"):
+        load_settings({"wintun_ring_capacity": "0x30000"}, flags=flags, plugins=[WintunSettings])
 
 
 def test_off_windows_the_backend_says_so_and_loads_nothing():
@@ -180,26 +204,47 @@ def test_off_windows_the_backend_says_so_and_loads_nothing():
         load_windows_api("C:\\wintun.dll")
 
 
-def test_on_windows_a_missing_dll_is_named_with_where_to_get_it(monkeypatch, tmp_path):
+@pytest.fixture
+def on_windows(monkeypatch, tmp_path):
+    """Pretend to be Windows with ``python.exe`` in ``tmp_path`` (no wintun.dll yet)."""
     monkeypatch.setattr(sys, "platform", "win32")
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python.exe"))
-    monkeypatch.delenv("TUNPLUG_WINTUN_DLL", raising=False)
-    reason = WintunTun.unavailable_reason()
-    assert reason is not None
-    assert str(tmp_path / "wintun.dll") in reason
+    return tmp_path
+
+
+def test_on_windows_a_missing_dll_is_named_with_where_to_get_it(on_windows):
+    with pytest.raises(BackendUnavailable) as caught:
+        find_dll(None)
+    reason = str(caught.value)
+    assert reason.startswith("wintun: wintun.dll not found at ")
+    assert str(on_windows / "wintun.dll") in reason
     assert "https://www.wintun.net" in reason
     assert "TUNPLUG_WINTUN_DLL" in reason
-    (tmp_path / "wintun.dll").write_bytes(b"MZ")
-    assert WintunTun.unavailable_reason() is None
+    (on_windows / "wintun.dll").write_bytes(b"MZ")
+    assert find_dll(None) == on_windows / "wintun.dll"
 
 
-def test_a_dll_named_in_the_environment_must_exist(tmp_path):
+def test_a_dll_named_in_the_settings_must_exist(tmp_path):
     missing = tmp_path / "nowhere" / "wintun.dll"
-    reason = missing_dll_reason({"TUNPLUG_WINTUN_DLL": str(missing)})
-    assert reason == f"TUNPLUG_WINTUN_DLL names {missing}, which does not exist"
+    with pytest.raises(BackendUnavailable) as caught:
+        find_dll(wintun_settings(TUNPLUG_WINTUN_DLL=str(missing)).wintun_dll)
+    assert str(caught.value) == f"wintun: TUNPLUG_WINTUN_DLL names {missing}, which does not exist"
     missing.parent.mkdir()
     missing.write_bytes(b"MZ")
-    assert missing_dll_reason({"TUNPLUG_WINTUN_DLL": str(missing)}) is None
+    assert find_dll(wintun_settings(TUNPLUG_WINTUN_DLL=f" {missing} ").wintun_dll) == missing
+    assert wintun_settings(TUNPLUG_WINTUN_DLL="  ").wintun_dll is None
+
+
+@pytest.mark.anyio
+async def test_on_windows_the_backend_is_available_and_create_reports_the_missing_dll(on_windows):
+    # unavailable_reason() has no settings: the DLL is looked for by create(), where they are.
+    assert WintunTun.unavailable_reason() is None
+    with pytest.raises(BackendUnavailable, match=r"^wintun: wintun\.dll not found at "):
+        await WintunTun.create(TunOptions())
+    missing = on_windows / "elsewhere.dll"
+    settings = load_settings(plugins=[WintunSettings], environ={"TUNPLUG_WINTUN_DLL": str(missing)})
+    with pytest.raises(BackendUnavailable, match=r"^wintun: TUNPLUG_WINTUN_DLL names .*elsewhere"):
+        await WintunTun.create(TunOptions(settings=settings))
 
 
 def test_description_is_honest_about_testing():

@@ -18,13 +18,14 @@ for name in ("WinDLL", "windll", "WINFUNCTYPE", "get_last_error", "FormatError")
     assert not hasattr(ctypes, name), name
 import importlib
 for module in ("tunplug_tun_wintun", "tunplug_tun_wintun.plugin", "tunplug_tun_wintun.device",
-               "tunplug_tun_wintun._wintun", "tunplug_tun_wintun._win32",
-               "tunplug_tun_wintun.netsh", "tunplug_tun_wintun.testing"):
+               "tunplug_tun_wintun._wintun", "tunplug_tun_wintun._win32", "tunplug_tun_wintun._api",
+               "tunplug_tun_wintun.settings", "tunplug_tun_wintun.netsh",
+               "tunplug_tun_wintun.testing"):
     importlib.import_module(module)
 from tunplug_tun_wintun.plugin import tunplug_register_tun_backends
 (backend,) = tunplug_register_tun_backends()
 print(json.dumps({"name": backend.backend_name, "reason": backend.unavailable_reason(),
-                  "caveat": backend.caveat}))
+                  "caveat": backend.caveat, "platforms": sorted(backend.platforms)}))
 """
 
 
@@ -37,3 +38,4 @@ def test_the_plugin_imports_without_windows_modules_and_says_why_it_cannot_run()
     assert info["name"] == "wintun"
     assert info["reason"] == "runs on Windows only"
     assert "never run on real Windows" in info["caveat"]
+    assert info["platforms"] == ["win32"]
