@@ -76,6 +76,7 @@ class DarwinUtunTun(Tun):
     backend_name = "darwin"
     description = "macOS utun device"
     caveat = "never run on real macOS: CI runs it over a Unix socket pair"
+    platforms = frozenset({"darwin"})
 
     def __init__(
         self,

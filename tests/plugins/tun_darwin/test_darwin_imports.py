@@ -21,7 +21,7 @@ for module in ("tunplug_tun_darwin", "tunplug_tun_darwin.plugin", "tunplug_tun_d
 from tunplug_tun_darwin.plugin import tunplug_register_tun_backends
 (backend,) = tunplug_register_tun_backends()
 print(json.dumps({"name": backend.backend_name, "reason": backend.unavailable_reason(),
-                  "caveat": backend.caveat}))
+                  "caveat": backend.caveat, "platforms": sorted(backend.platforms)}))
 """
 
 
@@ -34,3 +34,4 @@ def test_the_plugin_imports_without_macos_modules_and_says_why_it_cannot_run():
     assert info["name"] == "darwin"
     assert info["reason"] == "runs on macOS only"
     assert "never run on real macOS" in info["caveat"]
+    assert info["platforms"] == ["darwin"]

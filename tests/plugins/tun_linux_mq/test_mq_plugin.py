@@ -17,6 +17,7 @@ def test_the_plugin_registers_the_backend_under_its_name():
     assert list(tunplug_register_tun_backends()) == [LinuxMultiQueueTun]
     assert LinuxMultiQueueTun.backend_name == "linux-mq"
     assert LinuxMultiQueueTun.description
+    assert LinuxMultiQueueTun.platforms == {"linux"}  # what tun_backend = "auto" picks it for
 
 
 def test_available_on_linux_with_dev_net_tun(monkeypatch):
@@ -53,6 +54,7 @@ def test_modules_import_without_fcntl_or_pyroute2():
         "    sys.modules[name] = None\n"
         "import tunplug_tun_linux_mq.plugin, tunplug_tun_linux_mq.netlink\n"
         "import tunplug_tun_linux_mq.flow, tunplug_tun_linux_mq._ioctl\n"
+        "import tunplug_tun_linux_mq.queues, tunplug_tun_linux_mq.routing\n"
         "print('ok')\n"
     )
     result = subprocess.run(
