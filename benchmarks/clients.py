@@ -149,7 +149,10 @@ def run_tunplug(kind: str, clients: int, idle: float, log: Callable[[str], None]
         state = workdir / "state"
         started = time.monotonic()
         with Registry.init(
-            state, endpoint=f"{topo.endpoint_address}:{PORT}", resources=[RESOURCES]
+            state,
+            endpoint=f"{topo.endpoint_address}:{PORT}",
+            resources=[RESOURCES],
+            crypto=App(load_settings()).crypto(),
         ) as registry:
             issued = registry.add_clients([f"load{i:05d}" for i in range(clients)])
             gateway_key = registry.gateway.public_key

@@ -174,6 +174,8 @@ def test_a_killed_gateway_restarts_and_its_clients_recover_by_themselves(net):
 KILL_AT_STATEMENT = textwrap.dedent("""
     import os, signal, sqlite3, sys
     from pathlib import Path
+    from tunplug.app import App
+    from tunplug.config import load_settings
     from tunplug.gateway.registry import Registry
 
     armed = False  # opening the registry commits too (its schema check): not that one
@@ -187,7 +189,7 @@ KILL_AT_STATEMENT = textwrap.dedent("""
         return connection
 
     sqlite3.connect = connect
-    registry = Registry.open(Path(sys.argv[1]))
+    registry = Registry.open(Path(sys.argv[1]), crypto=App(load_settings()).crypto())
     armed = True
     registry.add_client("doomed")
 """)
@@ -195,9 +197,11 @@ KILL_AT_STATEMENT = textwrap.dedent("""
 ADD_FOREVER = textwrap.dedent("""
     import itertools, sys
     from pathlib import Path
+    from tunplug.app import App
+    from tunplug.config import load_settings
     from tunplug.gateway.registry import Registry
 
-    registry = Registry.open(Path(sys.argv[1]))
+    registry = Registry.open(Path(sys.argv[1]), crypto=App(load_settings()).crypto())
     for index in itertools.count():
         registry.add_client(f"{sys.argv[2]}{index}")
 """)

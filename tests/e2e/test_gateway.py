@@ -346,9 +346,11 @@ def test_flow_logs_record_a_finished_tcp_flow_with_its_byte_counts(net):
 
 
 def test_two_hundred_clients_list_fast_and_the_gateway_serves_them(net):
+    from tunplug.app import App
+    from tunplug.config import load_settings
     from tunplug.gateway.registry import Registry
 
-    with Registry.open(net.state) as registry:
+    with Registry.open(net.state, crypto=App(load_settings()).crypto()) as registry:
         for index in range(200):
             registry.add_client(f"bulk{index:03d}")
     started = time.monotonic()

@@ -25,6 +25,8 @@ import pytest
 from tests.e2e.test_gateway import CLIENT, GATEWAY, METRICS, Client, Net, _dropped, wait_for
 from tests.e2e.test_gateway import add_client_ns as _add_client_ns
 from tunplug import token as client_token
+from tunplug.app import App
+from tunplug.config import load_settings
 from tunplug.gateway.registry import Registry
 from tunplug.resources import PROXY_V4
 from tunplug.testing.netns import NetNS, python_in_ns, veth_pair
@@ -79,7 +81,7 @@ class ResourceNet(Net):
         wait_for(self.log, "tunnel is up on", self.process)
 
     def registry(self) -> Registry:
-        return Registry.open(self.state)
+        return Registry.open(self.state, crypto=App(load_settings()).crypto())
 
     def dropped(self) -> int:
         return _dropped(self.http("/metrics")[1])

@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 
 from tunplug import token
+from tunplug.app import App
+from tunplug.config import load_settings
 from tunplug.gateway.registry import Registry
 from tunplug.testing.loadgen import (
     LoadPlan,
@@ -80,7 +82,10 @@ def gateway() -> Iterator[Gateway]:
         workdir = Path(tmp)
         state = workdir / "state"
         with Registry.init(
-            state, endpoint=f"{topo.endpoint_address}:51820", resources=["10.210.0.0/24"]
+            state,
+            endpoint=f"{topo.endpoint_address}:51820",
+            resources=["10.210.0.0/24"],
+            crypto=App(load_settings()).crypto(),
         ) as registry:
             issued = registry.add_clients([f"load{i:04d}" for i in range(CLIENTS)])
             gateway_key = registry.gateway.public_key

@@ -13,10 +13,14 @@ Layout of the state directory (default ``/var/lib/tunplug-gateway``, mode 0700):
   settings and every client: name, public key, PresharedKey, addresses, times and traffic.
   A client's private key is never stored: it is in the token, shown once.
 
-The schema version is ``PRAGMA user_version``; :data:`MIGRATIONS` lists the steps from each
-version to the next, applied in order (each in its own transaction) when the database is
-opened. The database runs in WAL mode with a busy timeout, and every write is one short
-``BEGIN IMMEDIATE`` transaction, so the CLI and the server can use it at once.
+Every write is one short ``BEGIN IMMEDIATE`` transaction on a database in WAL mode, so the CLI
+and the server can use it at once; the files, the schema's migrations and SQLite's settings
+are in :mod:`tunplug.gateway.registry_storage`, the values handed out (:class:`GatewayConfig`,
+:class:`ClientRecord`, :class:`IssuedClient`) in :mod:`tunplug.gateway.registry_records`, and
+resources and groups in :mod:`tunplug.gateway.resource_store`.
+
+Keys are made by the crypto backend the caller passes (``crypto``, from its
+:class:`~tunplug.app.App`): the registry reads no settings of its own.
 
 Addresses: the gateway holds the first host of each subnet; client ``n`` holds the ``n``-th
 address of both subnets (the same index in IPv4 and IPv6). A new client gets the next address
@@ -28,29 +32,39 @@ address for two clients.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from ipaddress import (
-    IPv4Address,
-    IPv4Network,
-    IPv6Address,
-    IPv6Network,
-    ip_address,
-    ip_network,
-)
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tunplug import token as client_token
-from tunplug.exceptions import ConfigError, TunplugError
-from tunplug.gateway.resource_store import MIGRATION_3, ResourceStore, check_network
+from tunplug.exceptions import ConfigError
+from tunplug.gateway.registry_records import (
+    CLIENT_COLUMNS,
+    ClientRecord,
+    GatewayConfig,
+    IssuedClient,
+    client_record,
+)
+from tunplug.gateway.registry_storage import (
+    DB_NAME,
+    KEY_NAME,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    RegistryError,
+    connect,
+    create_state,
+    migrate,
+    path_exists,
+    sqlite_errors,
+)
+from tunplug.gateway.resource_store import ResourceStore, check_network
 from tunplug.gateway.validation import (
     validate_client_name,
     validate_dns,
@@ -72,118 +86,30 @@ from tunplug.wireguard.keys import format_key, parse_key
 if TYPE_CHECKING:
     from tunplug.crypto import CryptoBackend
 
+__all__ = [
+    "DB_NAME",
+    "DEFAULT_LISTEN_PORT",
+    "DEFAULT_SUBNET_V4",
+    "DEFAULT_SUBNET_V6",
+    "KEY_NAME",
+    "MIGRATIONS",
+    "PERSISTENT_KEEPALIVE",
+    "PROXY_NETWORKS",
+    "SCHEMA_VERSION",
+    "ClientRecord",
+    "GatewayConfig",
+    "IssuedClient",
+    "Registry",
+    "RegistryError",
+]
+
 PROXY_NETWORKS = (PROXY_V4, PROXY_V6)
-DB_NAME = "registry.db"
-KEY_NAME = "private.key"
 DEFAULT_LISTEN_PORT = 51820
 DEFAULT_SUBNET_V4 = "100.64.0.0/11"
 #: A fixed unique-local /64 ("tplg" in its global ID).
 DEFAULT_SUBNET_V6 = "fd7a:7470:6c67::/64"
 #: Keepalive written into every token: clients are usually behind NAT.
 PERSISTENT_KEEPALIVE = 25
-#: How long a writer waits for another process's transaction before giving up.
-BUSY_TIMEOUT_SECONDS = 5.0
-
-
-#: ``MIGRATIONS[n]`` takes the schema from version ``n`` to ``n + 1``. Append, never edit.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: the gateway row (id 1; ``version`` counts changes to the client list) and clients.
-    (
-        """CREATE TABLE gateway (
-            id INTEGER PRIMARY KEY CHECK (id = 1),
-            public_key BLOB NOT NULL,
-            endpoint TEXT NOT NULL,
-            listen_port INTEGER NOT NULL,
-            subnet_v4 TEXT NOT NULL,
-            subnet_v6 TEXT NOT NULL,
-            resources TEXT NOT NULL,
-            dns TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            version INTEGER NOT NULL DEFAULT 0
-        )""",
-        """CREATE TABLE clients (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL,
-            public_key BLOB NOT NULL UNIQUE,
-            preshared_key BLOB NOT NULL,
-            address_index INTEGER NOT NULL,
-            address_v4 TEXT NOT NULL,
-            address_v6 TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            revoked_at REAL
-        )""",
-        "CREATE UNIQUE INDEX clients_active_name ON clients (name) WHERE revoked_at IS NULL",
-        "CREATE UNIQUE INDEX clients_active_address ON clients (address_index) "
-        "WHERE revoked_at IS NULL",
-    ),
-    # 2: what the running gateway reports (record_stats).
-    (
-        "ALTER TABLE clients ADD COLUMN last_handshake REAL",
-        "ALTER TABLE clients ADD COLUMN rx_bytes INTEGER NOT NULL DEFAULT 0",
-        "ALTER TABLE clients ADD COLUMN tx_bytes INTEGER NOT NULL DEFAULT 0",
-    ),
-    # 3: resources, groups and memberships (tunplug.gateway.resource_store).
-    MIGRATION_3,
-)
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_CLIENT_COLUMNS = (
-    "name, public_key, preshared_key, address_v4, address_v6, created_at, revoked_at, "
-    "last_handshake, rx_bytes, tx_bytes"
-)
-
-
-class RegistryError(TunplugError):
-    """The database failed (locked for too long, corrupt, disk full); the CLIs exit 1."""
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """The gateway's key pair and settings, as ``tunplug-gateway init`` stored them."""
-
-    private_key: bytes = field(repr=False)
-    public_key: bytes
-    endpoint: str
-    listen_port: int
-    subnet_v4: IPv4Network
-    subnet_v6: IPv6Network
-    dns: tuple[IPv4Address | IPv6Address, ...]
-
-    @property
-    def gateway_address_v4(self) -> IPv4Address:
-        """The gateway interface's IPv4 address: the first host of ``subnet_v4``."""
-        return self.subnet_v4[1]
-
-    @property
-    def gateway_address_v6(self) -> IPv6Address:
-        """The gateway interface's IPv6 address: the first host of ``subnet_v6``."""
-        return self.subnet_v6[1]
-
-
-@dataclass(frozen=True, slots=True)
-class ClientRecord:
-    """One issued client; ``revoked_at`` is set once it is revoked. Times are Unix seconds;
-    traffic counts what the running gateway reported last (since it started)."""
-
-    name: str
-    public_key: bytes
-    preshared_key: bytes = field(repr=False)
-    address_v4: IPv4Address
-    address_v6: IPv6Address
-    created_at: float
-    revoked_at: float | None
-    last_handshake: float | None
-    rx_bytes: int
-    tx_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedClient:
-    """A new client and its configuration, as a token and as a wg-quick file (shown once)."""
-
-    client: ClientRecord
-    token: str = field(repr=False)
-    wg_quick: str = field(repr=False)
 
 
 class Registry(ResourceStore):
@@ -216,12 +142,13 @@ class Registry(ResourceStore):
         resources: Sequence[str] = (),
         dns: Sequence[str] = (),
         force: bool = False,
-        crypto: CryptoBackend | None = None,
+        crypto: CryptoBackend,
     ) -> Registry:
         """Create the state directory, the gateway's key pair and the database.
 
-        ``crypto`` makes the keys (default: the configured crypto backend). With ``force`` an
-        existing registry is replaced: a new key pair, no clients (every token stops working).
+        ``crypto`` makes the gateway's keys, and the clients' keys of the registry returned
+        (as :meth:`open` with it does). With ``force`` an existing registry is replaced: a new
+        key pair, no clients (every token stops working).
         :raises ConfigError: an option is invalid (naming its flag), or the directory is
             already initialised and ``force`` is not given.
         """
@@ -236,29 +163,20 @@ class Registry(ResourceStore):
             check_network(target, network_v4, network_v6)
         servers = validate_dns(dns)
         db_path = state_dir / DB_NAME
-        if _exists(db_path) and not force:
+        if path_exists(db_path) and not force:
             raise ConfigError(
                 "--state-dir",
                 f"{state_dir} is already initialised; --force replaces the gateway key and "
                 "removes every client (their tokens stop working)",
             )
-        crypto = crypto or _default_crypto()
         private_key = crypto.generate_private_key()
         public_key = crypto.public_key(private_key)
+        create_state(state_dir, format_key(private_key) + "\n")
+        connection = connect(db_path)
         try:
-            state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(state_dir, 0o700)
-            for name in (DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm"):
-                (state_dir / name).unlink(missing_ok=True)
-            _write_private(state_dir / KEY_NAME, format_key(private_key) + "\n")
-            os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except OSError as exc:
-            raise ConfigError("--state-dir", f"cannot create {state_dir}: {_reason(exc)}") from None
-        connection = _connect(db_path)
-        try:
-            _migrate(connection, db_path)
+            migrate(connection, db_path)
             dns_texts = json.dumps([str(server) for server in servers])
-            with _sql("storing the gateway"):
+            with sqlite_errors("storing the gateway"):
                 connection.execute(
                     "INSERT INTO gateway (id, public_key, endpoint, listen_port, subnet_v4, "
                     "subnet_v6, resources, dns, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -288,13 +206,13 @@ class Registry(ResourceStore):
     def open(cls, state_dir: Path, *, crypto: CryptoBackend | None = None) -> Registry:
         """Open an initialised registry, migrating its schema to the current version.
 
-        ``crypto`` makes client keys in :meth:`add_client` (default: the configured backend,
-        loaded on first use).
+        ``crypto`` makes client keys in :meth:`add_client`: without it, the registry reads,
+        revokes and changes resources and groups, but adds no client.
         :raises ConfigError: not initialised, unreadable, open to others, or newer than this
             version of tunplug.
         """
         db_path = state_dir / DB_NAME
-        if not _exists(db_path):
+        if not path_exists(db_path):
             raise ConfigError(
                 "--state-dir", f"{state_dir} is not initialised: run tunplug-gateway init"
             )
@@ -304,10 +222,10 @@ class Registry(ResourceStore):
             private_key = parse_key(key_text, str(state_dir / KEY_NAME))
         except ValueError as exc:
             raise ConfigError("--state-dir", str(exc)) from None
-        connection = _connect(db_path)
+        connection = connect(db_path)
         try:
-            _migrate(connection, db_path)
-            with _sql("reading the gateway"):
+            migrate(connection, db_path)
+            with sqlite_errors("reading the gateway"):
                 row = connection.execute(
                     "SELECT public_key, endpoint, listen_port, subnet_v4, subnet_v6, dns "
                     "FROM gateway WHERE id = 1"
@@ -353,18 +271,18 @@ class Registry(ResourceStore):
     def version(self) -> int:
         """A number that changes whenever a client is added or revoked (by any process);
         cheap enough to poll several times a second. Traffic statistics do not change it."""
-        with self._lock, _sql("reading the version"):
+        with self._lock, sqlite_errors("reading the version"):
             row = self._connection.execute("SELECT version FROM gateway WHERE id = 1").fetchone()
         return int(row[0]) if row else 0
 
     def clients(self, *, include_revoked: bool = False) -> list[ClientRecord]:
         """Every active client (and with ``include_revoked`` the revoked ones), oldest first."""
         where = "" if include_revoked else " WHERE revoked_at IS NULL"
-        with self._lock, _sql("listing clients"):
+        with self._lock, sqlite_errors("listing clients"):
             rows = self._connection.execute(
-                f"SELECT {_CLIENT_COLUMNS} FROM clients{where} ORDER BY id"
+                f"SELECT {CLIENT_COLUMNS} FROM clients{where} ORDER BY id"
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [client_record(row) for row in rows]
 
     # -- writing --------------------------------------------------------------------------
     def add_client(self, name: str, groups: Sequence[str] = ()) -> IssuedClient:
@@ -390,9 +308,9 @@ class Registry(ResourceStore):
             if name in seen:
                 raise ConfigError("NAME", f"client {name!r} is given twice")
             seen.add(name)
-        if self._crypto is None:
-            self._crypto = _default_crypto()
         crypto = self._crypto
+        if crypto is None:
+            raise RuntimeError("this registry was opened without crypto=: it cannot add clients")
         gateway = self._gateway
         keys = []
         for _ in names:
@@ -497,7 +415,7 @@ class Registry(ResourceStore):
         """
         with self._write("revoking a client") as connection:
             row = connection.execute(
-                f"SELECT id, {_CLIENT_COLUMNS} FROM clients WHERE name = ? "
+                f"SELECT id, {CLIENT_COLUMNS} FROM clients WHERE name = ? "
                 "ORDER BY revoked_at IS NULL DESC, id DESC LIMIT 1",
                 (name,),
             ).fetchone()
@@ -510,7 +428,7 @@ class Registry(ResourceStore):
                 "UPDATE clients SET revoked_at = ? WHERE id = ?", (revoked_at, row[0])
             )
             connection.execute("UPDATE gateway SET version = version + 1 WHERE id = 1")
-        return _record((*row[1:7], revoked_at, *row[8:]))
+        return client_record((*row[1:7], revoked_at, *row[8:]))
 
     def record_stats(self, stats: Iterable[tuple[bytes, float | None, int, int]]) -> None:
         """Store ``(public_key, last_handshake, rx_bytes, tx_bytes)`` of active clients, as
@@ -530,7 +448,7 @@ class Registry(ResourceStore):
     @contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
         """One short write transaction, taking the write lock at once (no upgrade deadlock)."""
-        with self._lock, _sql(action):
+        with self._lock, sqlite_errors(action):
             connection = self._connection
             connection.execute("BEGIN IMMEDIATE")
             try:
@@ -558,103 +476,3 @@ class Registry(ResourceStore):
                 "active client): revoke a client, or re-initialise with a larger --subnet-v4",
             )
         return int(row[0])
-
-
-# -- storage ----------------------------------------------------------------------------------
-def _exists(path: Path) -> bool:
-    try:
-        return path.exists()
-    except OSError as exc:
-        raise ConfigError("--state-dir", f"cannot read {path}: {_reason(exc)}") from None
-
-
-def _reason(exc: OSError) -> str:
-    reason = exc.strerror or str(exc)
-    if isinstance(exc, PermissionError):
-        reason += " (run as root)"
-    return reason
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 from the first byte, replacing atomically."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="ascii") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    with _sql(f"opening {path}"):
-        # Autocommit mode: reads see other processes' commits; writes use _write().
-        connection = sqlite3.connect(
-            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
-        )
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-        except BaseException:
-            connection.close()
-            raise
-    return connection
-
-
-def _migrate(connection: sqlite3.Connection, path: Path) -> None:
-    """Apply the missing steps of :data:`MIGRATIONS`, each in one transaction."""
-    with _sql(f"migrating {path}"):
-        while True:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                (version,) = connection.execute("PRAGMA user_version").fetchone()
-                if version > SCHEMA_VERSION:
-                    raise ConfigError(
-                        "--state-dir",
-                        f"{path} has schema version {version}, newer than this tunplug knows "
-                        f"({SCHEMA_VERSION}): upgrade tunplug",
-                    )
-                if version == SCHEMA_VERSION:
-                    connection.execute("COMMIT")
-                    return
-                for statement in MIGRATIONS[version]:
-                    connection.execute(statement)
-                connection.execute(f"PRAGMA user_version = {version + 1}")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-
-
-@contextmanager
-def _sql(action: str) -> Iterator[None]:
-    """SQLite's errors as :class:`RegistryError`, saying what was being done."""
-    try:
-        yield
-    except sqlite3.Error as exc:
-        raise RegistryError(f"gateway registry: {action} failed: {exc}") from exc
-
-
-def _record(row: Sequence[Any]) -> ClientRecord:
-    return ClientRecord(
-        name=row[0],
-        public_key=bytes(row[1]),
-        preshared_key=bytes(row[2]),
-        address_v4=IPv4Address(row[3]),
-        address_v6=IPv6Address(row[4]),
-        created_at=row[5],
-        revoked_at=row[6],
-        last_handshake=row[7],
-        rx_bytes=row[8],
-        tx_bytes=row[9],
-    )
-
-
-def _default_crypto() -> CryptoBackend:
-    """The crypto backend the settings (``TUNPLUG_CRYPTO_BACKEND``) choose."""
-    from tunplug.app import App
-    from tunplug.config import load_settings
-
-    return App(load_settings()).crypto()

@@ -36,7 +36,7 @@ from tunplug.resources import (
 )
 
 if TYPE_CHECKING:
-    from tunplug.gateway.registry import GatewayConfig
+    from tunplug.gateway.registry_records import GatewayConfig
 
 Network = IPv4Network | IPv6Network
 

@@ -103,6 +103,16 @@ def test_a_second_init_is_refused_unless_forced(registry, state_dir):
         assert reopened.gateway.public_key != registry.gateway.public_key
 
 
+def test_a_registry_opened_without_crypto_reads_and_revokes_but_adds_no_client(registry, state_dir):
+    registry.add_client("laptop")
+    with Registry.open(state_dir) as reader:
+        assert [client.name for client in reader.clients()] == ["laptop"]
+        with pytest.raises(RuntimeError, match="without crypto"):
+            reader.add_client("phone")
+        reader.revoke("laptop")
+    assert registry.clients() == []
+
+
 @pytest.mark.parametrize(
     ("options", "flag", "fragment"),
     [
@@ -297,7 +307,8 @@ def test_another_process_adding_a_client_changes_the_version(registry, state_dir
         f"""
         from pathlib import Path
         from tunplug.gateway.registry import Registry
-        with Registry.open(Path({str(state_dir)!r})) as registry:
+        from tunplug_crypto_cryptography.backend import CryptographyBackend
+        with Registry.open(Path({str(state_dir)!r}), crypto=CryptographyBackend()) as registry:
             print(registry.add_client("remote").client.address_v4)
         """
     )
