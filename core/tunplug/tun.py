@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from anyio.abc import AsyncResource
 
 from tunplug.exceptions import BackendUnavailable
-from tunplug.wireguard.constants import DEFAULT_MTU as DEFAULT_MTU
 
 if TYPE_CHECKING:
     from tunplug.config import TunplugSettings
@@ -32,6 +31,11 @@ Packet = bytes | bytearray | memoryview
 
 #: The largest batch :meth:`Tun.recv_many` returns by default (Firezone's figure).
 DEFAULT_BATCH = 100
+
+#: The MTU WireGuard uses by default: 1500 minus 80 bytes of IPv6 + UDP + WireGuard overhead.
+#: The one definition: the WireGuard device sizes its buffers with it too. It lives here, not in
+#: :mod:`tunplug.wireguard.constants`, so that the device contract does not load the protocol.
+DEFAULT_MTU = 1420
 
 
 @dataclass(frozen=True, slots=True)

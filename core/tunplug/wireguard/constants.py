@@ -92,7 +92,3 @@ REPLAY_WINDOW_SIZE: Final = (128 - 1) * 64
 # -- Queues --------------------------------------------------------------------------------------
 #: Packets kept per peer while no session exists; the oldest are dropped beyond this.
 MAX_STAGED_PACKETS: Final = 128
-
-#: The MTU WireGuard uses by default: 1500 minus 80 bytes of IPv6 + UDP + WireGuard overhead.
-#: :mod:`tunplug.tun` re-exports it as the TUN device's default.
-DEFAULT_MTU: Final = 1420

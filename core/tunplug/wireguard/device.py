@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from tunplug.crypto import Aead, CryptoBackend
-from tunplug.wireguard.constants import DEFAULT_MTU, UNDER_LOAD_THRESHOLD
+from tunplug.tun import DEFAULT_MTU
+from tunplug.wireguard.constants import UNDER_LOAD_THRESHOLD
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, RateLimiter
 from tunplug.wireguard.device_timers import TimersMixin
 from tunplug.wireguard.endpoint import Endpoint
