@@ -2,7 +2,8 @@
 
 Who calls it: the headless client and the tunnel service, for a token with ``control`` (the
 gateway's ``address:port`` inside the tunnel). They add :meth:`ControlChannel.run` to
-``InterfaceHooks.controllers``; it gets the running tunnel (:class:`~tunplug.node.LiveTunnel`).
+``InterfaceHooks.controllers``; it gets the running tunnel
+(:class:`~tunplug.live_tunnel.LiveTunnel`).
 
 The channel is plain HTTP/1.1, one request per connection, over TCP through the tunnel:
 ``GET /v1/view`` answers the client's :class:`~tunplug.resources.ClientView` at once;
@@ -15,7 +16,7 @@ of failure is logged once, and the recovery once.
 Applying a view: the gateway peer's AllowedIPs and the routes become
 ``view.networks(internet=...)``, the DNS servers the view's ``default_dns_servers``, and the
 routing-only DNS (names under ``dns_domains`` to ``dns_servers``) is handed over as
-:class:`~tunplug.node.RoutingDns`: all through :meth:`LiveTunnel.update`, the operation a
+:class:`~tunplug.live_tunnel.RoutingDns`: all through :meth:`LiveTunnel.update`, the operation a
 SIGHUP reload uses, which keeps the device and its sessions, diffs the routes and re-applies
 DNS only when it changed. One INFO line says what changed::
 
@@ -40,7 +41,7 @@ import anyio
 from pydantic import ValidationError
 
 from tunplug.exceptions import ConfigError, TunplugError
-from tunplug.node import Applied, LiveTunnel, RoutingDns
+from tunplug.live_tunnel import Applied, LiveTunnel, RoutingDns
 from tunplug.resources import ClientView, ResourceView
 from tunplug.service import protocol as p
 from tunplug.wireguard import Timing

@@ -31,7 +31,7 @@ from tunplug._marker import hookimpl
 from tunplug.crypto import Aead, CryptoBackend
 
 if TYPE_CHECKING:
-    from tunplug.engine import EngineStats, Processor
+    from tunplug.engine import DeviceOwner, EngineStats
     from tunplug.pipeline import Pipeline
     from tunplug.transport import UdpTransport
     from tunplug.tun import Tun
@@ -91,18 +91,22 @@ class DataPath(ABC):
         return None
 
     def engine(
-        self, tun: Tun, transport: UdpTransport, device: WireGuardDevice, pipeline: Pipeline
+        self,
+        tun: Tun,
+        transport: UdpTransport,
+        tunnel: DeviceOwner[WireGuardDevice],
+        pipeline: Pipeline,
     ) -> TunnelRunner | None:
         """An engine that carries this tunnel's traffic itself (the native data plane's threads),
         or ``None``: the Python :class:`~tunplug.engine.TunnelEngine` drives the pieces above
-        batch by batch. Called once the device and socket are open."""
+        batch by batch. Called once the device and socket are open; ``tunnel`` has the device
+        and tells the engine when a reload replaces it."""
         return None
 
 
 class TunnelRunner(Protocol):
     """What the node needs of an engine (:class:`~tunplug.engine.TunnelEngine` is one)."""
 
-    processor: Processor
     stats: EngineStats
 
     async def run(self) -> None: ...

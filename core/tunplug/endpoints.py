@@ -58,8 +58,8 @@ from tunplug.gateway.validation import validate_endpoint
 from tunplug.transport import Endpoint
 
 if TYPE_CHECKING:
+    from tunplug.live_tunnel import LiveTunnel
     from tunplug.wgquick import WgQuickConfig
-    from tunplug.wireguard import WireGuardDevice
     from tunplug.wireguard.peer import PeerStats
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ TEST_HOSTS_VARIABLE = "TUNPLUG_TEST_HOSTS"
 #: Resolves ``(host, port)`` to the address to send to; blocking (run in a worker thread).
 #: :raises ResolveError:
 Resolver = Callable[[str, int], Endpoint]
-BackgroundTask = Callable[["WireGuardDevice"], Coroutine[Any, Any, None]]
+BackgroundTask = Callable[["LiveTunnel"], Coroutine[Any, Any, None]]
 
 
 class ResolveError(TunplugError):
@@ -268,10 +268,11 @@ class EndpointFailover:
         self._next_resolve = float("-inf")
         self._last_warning: float | None = None
 
-    async def run(self, device: WireGuardDevice) -> None:
-        """Watch the peer until cancelled (an ``InterfaceHooks.background`` task)."""
+    async def run(self, tunnel: LiveTunnel) -> None:
+        """Watch the peer until cancelled (an ``InterfaceHooks.background`` task), on the
+        device the tunnel runs at each look."""
         while True:
-            await self.step(device)
+            await self.step(tunnel.device)
             await anyio.sleep(WATCH_INTERVAL)
 
     async def step(self, device: _Device) -> None:

@@ -12,6 +12,10 @@ turns batches of bytes into batches of bytes, and the engine moves them::
 
 Each direction is one task; a slow device stops the inbound task at ``send_ready`` (and so
 stops reading the socket), which is the backpressure the Tun contract promises.
+
+A running tunnel's device has one owner, :class:`DeviceOwner` (:mod:`tunplug.node`'s runner):
+a reload with a new private key replaces the device there, and the engines, subscribed to it,
+switch at their next batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import anyio
 import anyio.lowlevel
@@ -62,6 +66,27 @@ class Processor(Protocol):
     def tick(self, now: float) -> ProcessorOutput: ...
 
     def next_deadline(self) -> float | None: ...
+
+
+_Device_co = TypeVar("_Device_co", covariant=True)
+
+
+@runtime_checkable
+class DeviceOwner(Protocol[_Device_co]):
+    """Who owns a running tunnel's device and is the only one to replace it
+    (:class:`tunplug.node.RunningTunnel`: a reload with a new private key).
+
+    An engine reads :attr:`device` once when it is built and subscribes to replacements, so
+    that per batch it still reads one attribute of its own.
+    """
+
+    @property
+    def device(self) -> _Device_co:
+        """The device the tunnel uses now."""
+
+    def subscribe(self, on_replaced: Callable[[_Device_co], None]) -> None:
+        """Call ``on_replaced(new_device)`` on the event loop each time the device is
+        replaced, after the old one stopped being handed out."""
 
 
 @runtime_checkable
@@ -152,20 +177,27 @@ class EngineStats:
 
 
 class TunnelEngine:
-    """Runs one tunnel until cancelled or until the device or transport fails."""
+    """Runs one tunnel until cancelled or until the device or transport fails.
+
+    ``processor`` is the device itself when nothing replaces it (the test fixtures, the
+    in-process demo), or its :class:`DeviceOwner` when a reload may (a node's runner).
+    """
 
     def __init__(
         self,
         tun: Tun,
         transport: DatagramTransport,
-        processor: Processor,
+        processor: Processor | DeviceOwner[Processor],
         pipeline: Pipeline | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tun = tun
         self.transport = transport
-        self.processor = processor
+        if isinstance(processor, DeviceOwner):
+            processor.subscribe(self._replaced)
+            processor = processor.device
+        self._processor: Processor = processor
         self.pipeline = pipeline or Pipeline()
         self.clock = clock
         self.stats = EngineStats()
@@ -181,11 +213,21 @@ class TunnelEngine:
             tasks.start_soon(self._timers, name=f"{self.tun.name}-timers")
             tasks.start_soon(
                 filter_handshake_floods,
-                lambda: self.processor,
+                lambda: self._processor,
                 self.transport,
                 self.clock,
                 name=f"{self.tun.name}-floods",
             )
+
+    @property
+    def processor(self) -> Processor:
+        """The processor the engine drives now."""
+        return self._processor
+
+    def _replaced(self, processor: Processor) -> None:
+        """The owner replaced the device: the next batch and the timers use the new one."""
+        self._processor = processor
+        self._deadline_may_have_moved()
 
     async def _outbound(self) -> None:
         tun, pipeline, stats = self.tun, self.pipeline, self.stats
@@ -195,8 +237,8 @@ class TunnelEngine:
             stats.batches_out += 1
             if pipeline.stages:
                 packets = pipeline.outbound(packets)
-            # self.processor per batch, not once: a reload may replace it (new private key).
-            output = self.processor.encrypt(packets, self.clock())
+            # self._processor per batch, not once: a reload may replace it (new private key).
+            output = self._processor.encrypt(packets, self.clock())
             await self._emit(output.to_network)
             self._deadline_may_have_moved()
             await self._let_others_run()
@@ -208,7 +250,7 @@ class TunnelEngine:
             datagrams = await self.transport.recv_many(batch)
             stats.datagrams_received += len(datagrams)
             stats.batches_in += 1
-            output = self.processor.decrypt(datagrams, self.clock())
+            output = self._processor.decrypt(datagrams, self.clock())
             if output.to_network:
                 await self._emit(output.to_network)
             packets: list[Packet] = list(output.to_tun)
@@ -233,9 +275,8 @@ class TunnelEngine:
     async def _timers(self) -> None:
         last_stage_tick = -math.inf
         while True:
-            processor = self.processor
             now = self.clock()
-            deadline = processor.next_deadline()
+            deadline = self._processor.next_deadline()
             self._timer_target = deadline if deadline is not None else now + IDLE_TICK
             delay = min(max(self._timer_target - now, 0.0), IDLE_TICK)
             if delay > 0:
@@ -247,7 +288,8 @@ class TunnelEngine:
             if self.pipeline.stages and self.clock() - last_stage_tick >= 0.9 * IDLE_TICK:
                 last_stage_tick = self.clock()
                 self.pipeline.tick()
-            now = self.clock()
+            # Read again after the wait: a reload may have replaced the processor meanwhile.
+            processor, now = self._processor, self.clock()
             deadline = processor.next_deadline()
             if deadline is not None and deadline <= now:
                 await self._emit(processor.tick(now).to_network)
@@ -262,7 +304,7 @@ class TunnelEngine:
         self._deadline_may_have_moved()
 
     def _deadline_may_have_moved(self) -> None:
-        deadline = self.processor.next_deadline()
+        deadline = self._processor.next_deadline()
         if deadline is not None and deadline < self._timer_target:
             self._timer_target = deadline
             self._timer_wakeup.set()

@@ -53,7 +53,7 @@ def test_bad_flag_values_name_the_flag():
 
 
 def test_test_timers_shorten_wireguard_timers_and_reject_nonsense():
-    from tunplug.node import parse_test_timers
+    from tunplug.live_tunnel import parse_test_timers
 
     timing = parse_test_timers("rekey_after_time=3, keepalive_timeout=1,rekey_after_messages=100")
     assert (timing.rekey_after_time, timing.keepalive_timeout) == (3.0, 1.0)

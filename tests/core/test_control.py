@@ -27,7 +27,8 @@ from tunplug.app import App
 from tunplug.config import TunplugSettings, load_settings
 from tunplug.control import ControlChannel, ControlError, describe, fetch_view, view_config
 from tunplug.dns import DnsManager, DnsSettings
-from tunplug.node import Applied, InterfaceHooks, RoutingDns, _Runner
+from tunplug.live_tunnel import Applied, RoutingDns
+from tunplug.node import InterfaceHooks, _Runner
 from tunplug.resources import ClientView, ResourceView
 from tunplug.service import protocol as p
 from tunplug.service.client import format_status

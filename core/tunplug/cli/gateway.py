@@ -3,8 +3,9 @@
 Who calls it: operators and systemd, through the ``tunplug-gateway`` console script.
 ``init`` creates the state directory (keys and the SQLite registry of
 :mod:`tunplug.gateway.registry`); ``client add|list|revoke`` manage clients, also while the
-gateway runs (it picks up changes within a second); ``run`` and ``status`` hand over to
-:mod:`tunplug.gateway.server`, imported only when they run.
+gateway runs (it picks up changes within a second); ``run`` hands over to
+:mod:`tunplug.gateway.server`, imported only when it runs; ``status`` prints the registry and
+the running gateway's firewall counter.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tunplug.cli._common import (
     setup_logging,
 )
 from tunplug.config import load_settings
+from tunplug.formatting import format_age, format_bytes, format_table
 from tunplug.gateway.registry import (
     DB_NAME,
     DEFAULT_LISTEN_PORT,
@@ -39,6 +41,7 @@ from tunplug.gateway.registry import (
     ClientRecord,
     Registry,
 )
+from tunplug.gateway.resource_store import port_rules_text
 from tunplug.gateway.settings import (
     DEFAULT_INTERFACE,
     DEFAULT_METRICS_ADDRESS,
@@ -400,8 +403,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    from tunplug.gateway.server import print_status
-
     with Registry.open(settings.state_dir) as registry:
         return print_status(registry, settings, args.json)
 
@@ -422,36 +423,64 @@ def client_json(client: ClientRecord) -> dict[str, object]:
     }
 
 
-def format_age(then: float | None, now: float) -> str:
-    """``"12 s ago"``, ``"5 min ago"``, ``"3 h ago"``, ``"2 d ago"``, or ``"never"``."""
-    if then is None:
-        return "never"
-    seconds = max(0, int(now - then))
-    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172800)):
-        if seconds < limit:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds // 86400} d ago"
+def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -> int:
+    """``tunplug-gateway status``: the interface and every client, like ``wg show``."""
+    from tunplug.gateway import firewall
 
-
-def format_bytes(count: int) -> str:
-    """``"512 B"``, ``"1.5 KiB"``, ``"3.2 GiB"``."""
-    if count < 1024:
-        return f"{count} B"
-    value = float(count)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):  # noqa: B007 - the last unit is used after
-        value /= 1024
-        if value < 1024:
-            break
-    return f"{value:.1f} {unit}"
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Left-aligned columns two spaces apart, without trailing spaces."""
-    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    )
+    gateway = registry.gateway
+    clients = registry.clients()
+    resources = registry.resources()
+    dropped = firewall.dropped_packets(settings.interface)
+    running = dropped is not None
+    if as_json:
+        json.dump(
+            {
+                "interface": settings.interface,
+                "running": running,
+                "public_key": format_key(gateway.public_key),
+                "endpoint": gateway.endpoint,
+                "listen_port": gateway.listen_port,
+                "resources": [
+                    {**r.view().model_dump(), "groups": list(r.groups)} for r in resources
+                ],
+                "dropped_not_resource": dropped,
+                "peers": [
+                    {
+                        "name": c.name,
+                        "public_key": format_key(c.public_key),
+                        "allowed_ips": [f"{c.address_v4}/32", f"{c.address_v6}/128"],
+                        "last_handshake": c.last_handshake,
+                        "rx_bytes": c.rx_bytes,
+                        "tx_bytes": c.tx_bytes,
+                    }
+                    for c in clients
+                ],
+            },
+            sys.stdout,
+            indent=2,
+        )
+        print()
+        return EXIT_OK
+    print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
+    print(f"  public key: {format_key(gateway.public_key)}")
+    print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
+    print(f"  resources:{'' if resources else ' none'}")
+    for resource in resources:
+        target: str = resource.kind
+        if str(resource.target) != resource.name:
+            target += f" {resource.target}"
+        groups = f"groups {', '.join(resource.groups)}" if resource.groups else "every client"
+        print(f"    {resource.name} ({target}): ports {port_rules_text(resource.ports)}; {groups}")
+    for client in clients:
+        print()
+        print(f"peer: {format_key(client.public_key)} ({client.name})")
+        print(f"  allowed ips: {client.address_v4}/32, {client.address_v6}/128")
+        print(f"  latest handshake: {format_age(client.last_handshake, time.time())}")
+        print(
+            f"  transfer: {format_bytes(client.rx_bytes)} received, "
+            f"{format_bytes(client.tx_bytes)} sent"
+        )
+    return EXIT_OK
 
 
 if __name__ == "__main__":

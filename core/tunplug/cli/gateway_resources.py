@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tunplug.cli._common import EXIT_OK
+from tunplug.formatting import format_table
 from tunplug.gateway.registry import Registry
 from tunplug.gateway.resource_store import port_rules_text
 from tunplug.gateway.settings import GatewaySettings
@@ -148,8 +149,6 @@ def _resource_add(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _resource_list(registry: Registry, args: argparse.Namespace) -> int:
-    from tunplug.cli.gateway import format_table
-
     resources = registry.resources()
     if args.json:
         print(json.dumps([resource_json(resource) for resource in resources], indent=2))
@@ -192,8 +191,6 @@ def _group_remove(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _group_list(registry: Registry, args: argparse.Namespace) -> int:
-    from tunplug.cli.gateway import format_table
-
     groups = registry.groups()
     if args.json:
         print(json.dumps({name: list(members) for name, members in groups.items()}, indent=2))

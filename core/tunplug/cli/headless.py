@@ -33,12 +33,13 @@ from tunplug.cli._common import (
 from tunplug.config import load_settings
 from tunplug.control import control_channel
 from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
-from tunplug.dns import DnsManager
 from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, PermissionDenied
+from tunplug.headless.dns_control import choose_dns_manager, dns_manager
 from tunplug.headless.settings import DEFAULT_STATE_DIR, DEFAULT_TOKEN_PATH, HeadlessSettings
 from tunplug.headless.sources import TOKEN_VARIABLE, ConfigSource, Source, take_token_variable
-from tunplug.node import InterfaceHooks, RunningInterface, is_full_tunnel, run_interface
+from tunplug.live_tunnel import is_full_tunnel
+from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.plugins import PluginHost
 from tunplug.service.status_file import DEFAULT_STATUS_FILE, status_file_task
 from tunplug.systemd import Notifier
@@ -246,15 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             background=[
                 *failover_tasks(loaded.config, loaded.endpoints),
                 *(
-                    [
-                        status_file_task(
-                            args.status_file,
-                            args.interface,
-                            loaded.config,
-                            loaded.client_name,
-                            control,
-                        )
-                    ]
+                    [status_file_task(args.status_file, loaded.client_name, control)]
                     if args.status_file
                     else []
                 ),
@@ -269,37 +262,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     return run_command(PROG, command)
-
-
-def choose_dns_manager(app: App, name: str, loaded: Source) -> str:
-    """The DNS manager to use: ``auto`` resolved, the name checked (:raises ConfigError:)."""
-    managers = app.plugins.dns_managers()
-    if name == "auto":
-        name = next(
-            (
-                candidate
-                for candidate in ("systemd-resolved", "etc-resolv-conf")
-                if candidate in managers and managers[candidate].unavailable_reason() is None
-            ),
-            "disabled",
-        )
-    if name not in managers:
-        known = ", ".join(sorted(managers))
-        raise ConfigError("--dns-control", f"unknown DNS manager {name!r} (installed: {known})")
-    reason = managers[name].unavailable_reason()
-    if reason and loaded.config.dns_servers:
-        raise ConfigError("--dns-control", f"DNS manager {name!r} cannot run here: {reason}")
-    return name
-
-
-def dns_manager(app: App, name: str, state_dir: Path) -> DnsManager:
-    """The manager, with its private state directory (mode 0700) created."""
-    directory = state_dir / "dns"
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--state-dir", f"cannot create {directory}: {exc.strerror}") from None
-    return app.dns_manager(name, directory)
 
 
 def has_net_admin() -> bool:

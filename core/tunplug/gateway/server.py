@@ -16,14 +16,17 @@ each tunnel subnet) with one peer per client. Around it:
 - a stats writer: last handshake and bytes of each client go to the registry every
   :data:`STATS_INTERVAL` seconds (``client list`` and ``status`` read them);
 - an HTTP endpoint (default 127.0.0.1:9586): ``/healthz``, ``/readyz``, ``/metrics``
-  (Prometheus text format).
+  (Prometheus text format);
+- SIGHUP: the interface read again from the state directory (:func:`reread_interface`, the
+  private key file included) and applied as the headless client applies a reload.
+
+Each of these tasks gets the running tunnel (:class:`~tunplug.live_tunnel.LiveTunnel`) and
+reads its device each time it uses it: a new private key replaces the device.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,9 +51,9 @@ from tunplug.gateway.control import (
 )
 from tunplug.gateway.dns_server import DnsServer, Resolver, parse_upstreams, resolv_conf_servers
 from tunplug.gateway.registry import ClientRecord, Registry
-from tunplug.gateway.resource_store import port_rules_text
 from tunplug.gateway.settings import GatewaySettings
 from tunplug.gateway.validation import parse_port
+from tunplug.live_tunnel import LiveTunnel
 from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.resources import PROXY_V4, PROXY_V6, Resource
 from tunplug.systemd import Notifier
@@ -104,6 +107,14 @@ def interface_config(
     )
 
 
+def reread_interface(registry: Registry, clients: Sequence[ClientRecord]) -> WgQuickConfig:
+    """SIGHUP: the interface as the state directory has it now (the private key file, port and
+    subnets read again), with ``clients`` as its peers: the ones the gateway serves, which
+    the registry poll keeps current (blocking, briefly)."""
+    with Registry.open(registry.state_dir) as fresh:
+        return interface_config(fresh, clients)
+
+
 def read_snapshot(registry: Registry) -> Snapshot:
     """The registry's version, then its clients, resources and groups (blocking). A change
     between the reads shows as a newer version at the next poll, which reads them again."""
@@ -115,13 +126,12 @@ def read_snapshot(registry: Registry) -> Snapshot:
 @dataclass
 class GatewayState:
     """What the background tasks share: who is served and may reach what (:attr:`access`,
-    as of a registry version), readiness, the device."""
+    as of a registry version), readiness."""
 
     registry: Registry
     interface: str
     access: AccessState
     ready: bool = False
-    device: WireGuardDevice | None = None
     started: float = field(default_factory=time.time)
 
     @property
@@ -133,9 +143,10 @@ class GatewayState:
         return None if client is None else client.name
 
 
-async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
+async def follow_registry(state: GatewayState, tunnel: LiveTunnel) -> None:
     """Apply what changed in the registry (by another process) to the running gateway: clients
-    to the device, resources and groups to the firewall's sets; then wake the long polls."""
+    to the tunnel's device, resources and groups to the firewall's sets; then wake the long
+    polls."""
     registry = state.registry
     while True:
         await anyio.sleep(POLL_INTERVAL)
@@ -145,6 +156,7 @@ async def follow_registry(state: GatewayState, device: WireGuardDevice) -> None:
             continue
         snapshot = await anyio.to_thread.run_sync(read_snapshot, registry)
         wanted = {client.public_key: client for client in snapshot.clients}
+        device = tunnel.device
         for key, client in state.clients.items():
             if key not in wanted:
                 device.remove_peer(key)
@@ -218,7 +230,7 @@ class StatsWriter:
         return fresh
 
 
-async def write_stats(state: GatewayState, device: WireGuardDevice) -> None:
+async def write_stats(state: GatewayState, tunnel: LiveTunnel) -> None:
     """Client statistics into the registry, every few seconds and once more at the end."""
     writer = StatsWriter()
     try:
@@ -226,22 +238,24 @@ async def write_stats(state: GatewayState, device: WireGuardDevice) -> None:
         while True:
             await anyio.sleep(interval)
             started = time.perf_counter()
-            records = writer.changed(peer_records(device))
+            records = writer.changed(peer_records(tunnel.device))
             # Reading every peer is O(clients), 40 ms for 10,000: at most 1% of a core.
             interval = max(STATS_INTERVAL, 100 * (time.perf_counter() - started))
             if records:
                 await anyio.to_thread.run_sync(state.registry.record_stats, records)
     finally:
         # Synchronous on purpose: it must run even while the task is being cancelled.
-        state.registry.record_stats(writer.changed(peer_records(device)))
+        state.registry.record_stats(writer.changed(peer_records(tunnel.device)))
 
 
 def metrics_text(state: GatewayState, device: WireGuardDevice) -> str:
-    """Prometheus text exposition of the gateway's state."""
+    """Prometheus text exposition of the gateway's state; ``device`` is the one it runs now."""
     lines = [
-        "# HELP tunplug_gateway_info The running gateway.",
+        "# HELP tunplug_gateway_info The running gateway: version, interface and the "
+        "interface's current public key.",
         "# TYPE tunplug_gateway_info gauge",
-        f'tunplug_gateway_info{{version="{__version__}",interface="{state.interface}"}} 1',
+        f'tunplug_gateway_info{{version="{__version__}",interface="{state.interface}",'
+        f'public_key="{format_key(device.public_key)}"}} 1',
         "# HELP tunplug_gateway_clients Registered clients being served.",
         "# TYPE tunplug_gateway_clients gauge",
         f"tunplug_gateway_clients {len(state.clients)}",
@@ -311,7 +325,7 @@ def parse_address(text: str) -> tuple[str, int]:
 
 async def serve_http(
     state: GatewayState,
-    device: WireGuardDevice,
+    tunnel: LiveTunnel,
     address: tuple[str, int],
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -335,7 +349,7 @@ async def serve_http(
                     else ("503 Service Unavailable", "starting\n")
                 )
             elif path == "/metrics":
-                status, body = "200 OK", metrics_text(state, device)
+                status, body = "200 OK", metrics_text(state, tunnel.device)
             else:
                 status, body = "404 Not Found", "try /healthz, /readyz or /metrics\n"
             response = http_response(
@@ -369,16 +383,16 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
         log.warning("no upstream DNS server (--dns-upstream, /etc/resolv.conf): DNS resources fail")
     notifier = Notifier()
 
-    async def start_metrics(device: WireGuardDevice) -> None:
+    async def start_metrics(tunnel: LiveTunnel) -> None:
         if metrics is not None:
-            await serve_http(state, device, metrics)
+            await serve_http(state, tunnel, metrics)
         else:
             await anyio.sleep_forever()
 
-    async def start_control(device: WireGuardDevice) -> None:
+    async def start_control(tunnel: LiveTunnel) -> None:
         await serve_control(access, tunnel_addresses)
 
-    async def start_dns(device: WireGuardDevice) -> None:
+    async def start_dns(tunnel: LiveTunnel) -> None:
         # Not fatal: a host whose own DNS server holds port 53 on every address still serves
         # its clients everything but DNS resources (and says so).
         try:
@@ -405,6 +419,7 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
 
     hooks = InterfaceHooks(
         on_ready=on_ready,
+        reload=lambda: reread_interface(registry, list(state.clients.values())),
         notifier=notifier,
         background=(
             partial(follow_registry, state),
@@ -432,62 +447,3 @@ def run_gateway(app: App, registry: Registry, settings: GatewaySettings) -> None
                 run_interface, app, config, name=settings.interface, role="gateway", hooks=hooks
             )
         )
-
-
-def print_status(registry: Registry, settings: GatewaySettings, as_json: bool) -> int:
-    """``tunplug-gateway status``: the interface and every client, like ``wg show``."""
-    from tunplug.cli.gateway import format_age, format_bytes
-
-    gateway = registry.gateway
-    clients = registry.clients()
-    resources = registry.resources()
-    running = firewall.dropped_packets(settings.interface) is not None
-    if as_json:
-        json.dump(
-            {
-                "interface": settings.interface,
-                "running": running,
-                "public_key": format_key(gateway.public_key),
-                "endpoint": gateway.endpoint,
-                "listen_port": gateway.listen_port,
-                "resources": [
-                    {**r.view().model_dump(), "groups": list(r.groups)} for r in resources
-                ],
-                "dropped_not_resource": firewall.dropped_packets(settings.interface),
-                "peers": [
-                    {
-                        "name": c.name,
-                        "public_key": format_key(c.public_key),
-                        "allowed_ips": [f"{c.address_v4}/32", f"{c.address_v6}/128"],
-                        "last_handshake": c.last_handshake,
-                        "rx_bytes": c.rx_bytes,
-                        "tx_bytes": c.tx_bytes,
-                    }
-                    for c in clients
-                ],
-            },
-            sys.stdout,
-            indent=2,
-        )
-        print()
-        return 0
-    print(f"interface: {settings.interface} ({'running' if running else 'not running'})")
-    print(f"  public key: {format_key(gateway.public_key)}")
-    print(f"  endpoint: {gateway.endpoint} (listening on UDP {gateway.listen_port})")
-    print(f"  resources:{'' if resources else ' none'}")
-    for resource in resources:
-        target: str = resource.kind
-        if str(resource.target) != resource.name:
-            target += f" {resource.target}"
-        groups = f"groups {', '.join(resource.groups)}" if resource.groups else "every client"
-        print(f"    {resource.name} ({target}): ports {port_rules_text(resource.ports)}; {groups}")
-    for client in clients:
-        print()
-        print(f"peer: {format_key(client.public_key)} ({client.name})")
-        print(f"  allowed ips: {client.address_v4}/32, {client.address_v6}/128")
-        print(f"  latest handshake: {format_age(client.last_handshake, time.time())}")
-        print(
-            f"  transfer: {format_bytes(client.rx_bytes)} received, "
-            f"{format_bytes(client.tx_bytes)} sent"
-        )
-    return 0

@@ -29,12 +29,12 @@ from tunplug.control import ControlChannel, control_channel
 from tunplug.endpoints import failover_tasks
 from tunplug.exceptions import ConfigError, TunplugError, single_leaf
 from tunplug.headless.sources import ConfigSource, Source
+from tunplug.live_tunnel import LiveTunnel
 from tunplug.node import InterfaceHooks, RunningInterface, run_interface
 from tunplug.service import protocol as p
 from tunplug.service.settings import TunnelServiceSettings
 from tunplug.service.status_file import control_statuses, peer_statuses
 from tunplug.systemd import Notifier
-from tunplug.wireguard import WireGuardDevice
 
 #: The service logs under one name, as before it was split into modules (operators filter on it).
 log = logging.getLogger("tunplug.service.server")
@@ -58,7 +58,8 @@ class Tunnel:
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
     ready: RunningInterface | None = None
-    device: WireGuardDevice | None = None
+    #: The running tunnel, once up (its device is read from it each time: one owner).
+    live: LiveTunnel | None = None
     #: The gateway's control channel, when the token has one.
     control: ControlChannel | None = None
 
@@ -180,7 +181,7 @@ class TunnelSession:
     # -- the tunnel ----------------------------------------------------------------------------
     def start(self, loaded: Source, managed_by: ManagedBy) -> None:
         """Start the tunnel task. :raises ConfigError: the DNS control cannot serve this config."""
-        from tunplug.cli.headless import choose_dns_manager, dns_manager
+        from tunplug.headless.dns_control import choose_dns_manager, dns_manager
 
         dns_name = choose_dns_manager(self.app, self.dns_control, loaded)
         dns = dns_manager(self.app, dns_name, self.settings.state_dir)
@@ -275,15 +276,15 @@ class TunnelSession:
             )
         )
 
-    async def _stats(self, tunnel: Tunnel, device: WireGuardDevice) -> None:
-        tunnel.device = device
+    async def _stats(self, tunnel: Tunnel, live: LiveTunnel) -> None:
+        tunnel.live = live
         while True:
             await anyio.sleep(self.stats_interval)
             if tunnel.ready is not None:
                 self.broadcast(
                     p.StatsUpdate(
                         interface=tunnel.ready.interface,
-                        peers=peer_statuses(device),
+                        peers=peer_statuses(live.device),
                         **control_statuses(tunnel.control),
                     )
                 )
@@ -313,6 +314,6 @@ class TunnelSession:
             addresses=[str(address) for address in config.addresses],
             dns_servers=[str(server) for server in config.dns_servers],
             dns_control=tunnel.dns_control,
-            peers=peer_statuses(tunnel.device) if tunnel.device is not None else [],
+            peers=peer_statuses(tunnel.live.device) if tunnel.live is not None else [],
             **control_statuses(tunnel.control),
         )

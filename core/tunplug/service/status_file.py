@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from tunplug.service import protocol as p
-from tunplug.wgquick import WgQuickConfig
 from tunplug.wireguard import WireGuardDevice
 from tunplug.wireguard.keys import format_key
 from tunplug.wireguard.peer import PeerStats
 
 if TYPE_CHECKING:
     from tunplug.control import ControlChannel
+    from tunplug.live_tunnel import LiveTunnel
 
 DEFAULT_STATUS_FILE = Path("/run/dev.tunplug.client/status.json")
 STATUS_INTERVAL = 1.0
@@ -80,31 +80,38 @@ def control_statuses(control: ControlChannel | None) -> dict[str, Any]:
     }
 
 
-def status_file_task(
-    path: Path,
-    interface: str,
-    config: WgQuickConfig,
-    client_name: str | None = None,
-    control: ControlChannel | None = None,
-) -> Callable[[WireGuardDevice], Coroutine[Any, Any, None]]:
-    """A background task for :class:`~tunplug.node.InterfaceHooks`: writes ``path`` every
-    second while the tunnel runs, and removes it at the end. With ``control``, the status
-    has the resources and the Internet resource."""
+def tunnel_status(
+    tunnel: LiveTunnel, client_name: str | None = None, control: ControlChannel | None = None
+) -> p.TunnelStatus:
+    """The running ``tunnel`` as ``tunplug status`` shows it: its interface, the configuration
+    and device it runs now (its current public key), and with ``control`` the resources and
+    the Internet resource."""
+    config, device = tunnel.config, tunnel.device
+    return p.TunnelStatus(
+        state="connected",
+        managed_by="token_file" if client_name else None,
+        client_name=client_name,
+        interface=tunnel.interface,
+        public_key=format_key(device.public_key),
+        addresses=[str(address) for address in config.addresses],
+        dns_servers=[str(server) for server in config.dns_servers],
+        peers=peer_statuses(device),
+        **control_statuses(control),
+    )
 
-    async def write_status(device: WireGuardDevice) -> None:
+
+def status_file_task(
+    path: Path, client_name: str | None = None, control: ControlChannel | None = None
+) -> Callable[[LiveTunnel], Coroutine[Any, Any, None]]:
+    """A background task for :class:`~tunplug.node.InterfaceHooks`: writes ``path`` every
+    second while the tunnel runs (:func:`tunnel_status`, read afresh each time: a reload may
+    change the configuration and the device), and removes it at the end."""
+
+    async def write_status(tunnel: LiveTunnel) -> None:
         await anyio.to_thread.run_sync(lambda: path.parent.mkdir(mode=0o755, exist_ok=True))
         try:
             while True:
-                status = p.TunnelStatus(
-                    state="connected",
-                    managed_by="token_file" if client_name else None,
-                    client_name=client_name,
-                    interface=interface,
-                    addresses=[str(address) for address in config.addresses],
-                    dns_servers=[str(server) for server in config.dns_servers],
-                    peers=peer_statuses(device),
-                    **control_statuses(control),
-                )
+                status = tunnel_status(tunnel, client_name, control)
                 await anyio.to_thread.run_sync(write_status_file, path, status)
                 await anyio.sleep(STATUS_INTERVAL)
         finally:

@@ -19,6 +19,7 @@ from tunplug.gateway.settings import GatewaySettings
 from tunplug.wgquick import parse_wg_quick
 from tunplug.wireguard.keys import format_key
 from tunplug_crypto_cryptography.backend import CryptographyBackend
+from tunplug_flowlog.plugin import FlowLogSettings
 
 GATEWAY = str(Path(sys.executable).with_name("tunplug-gateway"))
 ENDPOINT = "203.0.113.7:51820"  # documentation address: parsed, never contacted
@@ -305,13 +306,7 @@ def fake_server(monkeypatch):
     def run_gateway(app, registry, settings):
         calls["run"] = (app, registry.gateway, registry.clients(), settings)
 
-    def print_status(registry, settings, as_json):
-        calls["status"] = (registry.version(), settings, as_json)
-        print("status printed")
-        return 3
-
     module.run_gateway = run_gateway  # type: ignore[attr-defined]
-    module.print_status = print_status  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "tunplug.gateway.server", module)
     monkeypatch.setattr(
         cli, "setup_logging", lambda *args, **kwargs: calls.setdefault("logging", (args, kwargs))
@@ -345,7 +340,9 @@ def test_run_hands_the_settings_and_open_registry_to_the_server(
     assert settings.state_dir == state_dir
     assert settings.interface == "gw-from-env"
     assert settings.metrics_address == "off"  # the flag wins over the variable
-    assert (settings.tun_threads, settings.flow_logs) == (2, tmp_path / "flows")
+    assert settings.tun_threads == 2
+    # The flow-log plugin's own setting, from its flag (tunplug_add_settings).
+    assert settings.plugin(FlowLogSettings).flow_logs == tmp_path / "flows"
     assert (settings.log_level, settings.log_dir) == ("debug", tmp_path / "logs")
     assert fake_server["logging"][0] == ("debug", tmp_path / "logs")  # type: ignore[index]
     with Registry.open(state_dir) as registry:
@@ -372,12 +369,25 @@ def test_run_on_an_uninitialised_directory_says_to_run_init(tmp_path, capsys, fa
     assert status == 2 and "run tunplug-gateway init" in one_error_line(err)
 
 
-def test_status_returns_what_the_server_reports(state_dir, capsys, fake_server):
+def test_status_shows_the_gateway_its_resources_and_clients(state_dir, capsys, monkeypatch):
+    from tunplug.gateway import firewall
+
+    run(capsys, "client", "add", "laptop")
+    with Registry.open(state_dir) as registry:
+        gateway_key = format_key(registry.gateway.public_key)
+    # The firewall's drop counter is there only while the gateway runs.
+    monkeypatch.setattr(firewall, "dropped_packets", lambda interface: 7)
     status, out, _ = run(capsys, "status", "--json")
-    assert (status, out) == (3, "status printed\n")
-    assert fake_server["status"][2] is True  # type: ignore[index]
-    run(capsys, "status")
-    assert fake_server["status"][2] is False  # type: ignore[index]
+    shown = json.loads(out)
+    assert status == 0 and shown["running"] and shown["dropped_not_resource"] == 7
+    assert (shown["interface"], shown["public_key"]) == ("tunplug-gw0", gateway_key)
+    assert [resource["target"] for resource in shown["resources"]] == ["10.20.0.0/16", "fd10::/64"]
+    assert [peer["name"] for peer in shown["peers"]] == ["laptop"]
+    monkeypatch.setattr(firewall, "dropped_packets", lambda interface: None)
+    status, out, _ = run(capsys, "status")
+    assert status == 0 and out.startswith("interface: tunplug-gw0 (not running)\n")
+    assert f"  public key: {gateway_key}\n" in out
+    assert "  latest handshake: never\n  transfer: 0 B received, 0 B sent\n" in out
 
 
 # -- help and formatting ----------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import anyio
 import pytest
@@ -14,9 +15,9 @@ from tunplug.cli.main import main
 from tunplug.service import protocol as p
 from tunplug.service.status_file import read_status_file, status_file_task, write_status_file
 from tunplug.testing.interop import Keys
-from tunplug.wgquick import parse_wg_quick
+from tunplug.wgquick import WgQuickConfig, parse_wg_quick
 from tunplug.wireguard import PeerConfig, WireGuardDevice
-from tunplug.wireguard.keys import parse_key
+from tunplug.wireguard.keys import format_key, parse_key
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +28,16 @@ def quiet_logs() -> Iterator[None]:
     root.handlers[:], root.level = handlers, level
 
 
-def device_and_config() -> tuple[WireGuardDevice, object, str]:
+@dataclass
+class Tunnel:
+    """What the task reads of the running tunnel (a :class:`~tunplug.live_tunnel.LiveTunnel`)."""
+
+    interface: str
+    config: WgQuickConfig
+    device: WireGuardDevice
+
+
+def device_and_config() -> tuple[WireGuardDevice, WgQuickConfig, str]:
     from tunplug_crypto_cryptography.backend import CryptographyBackend
 
     me, peer = Keys.generate(), Keys.generate()
@@ -47,9 +57,9 @@ def device_and_config() -> tuple[WireGuardDevice, object, str]:
 async def test_the_task_writes_the_status_while_it_runs_and_removes_it(tmp_path):
     device, config, peer_key = device_and_config()
     path = tmp_path / "run" / "status.json"
-    task = status_file_task(path, "tunplug0", config, "ci-runner")  # type: ignore[arg-type]
+    task = status_file_task(path, "ci-runner")
     async with anyio.create_task_group() as tasks:
-        tasks.start_soon(task, device)
+        tasks.start_soon(task, Tunnel("tunplug0", config, device))
         for _ in range(500):  # the first write comes at once
             if await anyio.Path(path).exists():
                 break
@@ -59,6 +69,7 @@ async def test_the_task_writes_the_status_while_it_runs_and_removes_it(tmp_path)
         tasks.cancel_scope.cancel()
     assert 0 <= age < 5
     assert status.interface == "tunplug0" and status.client_name == "ci-runner"
+    assert status.public_key == format_key(device.public_key)
     assert status.addresses == ["10.9.0.2/32"] and status.dns_servers == ["10.9.0.1"]
     assert status.peers[0].public_key == peer_key
     assert status.peers[0].endpoint == "192.0.2.1:51820"

@@ -22,6 +22,7 @@ from tunplug.crypto import Aead, CryptoBackend, DecryptionFailed
 from tunplug.datapath import DataPath, PacketOps, TunnelRunner, Write
 
 if TYPE_CHECKING:
+    from tunplug.engine import DeviceOwner
     from tunplug.pipeline import Pipeline
     from tunplug.transport import UdpTransport
     from tunplug.tun import Tun
@@ -133,7 +134,11 @@ class NativeDataPath(DataPath):
         return _replay_window
 
     def engine(
-        self, tun: Tun, transport: UdpTransport, device: WireGuardDevice, pipeline: Pipeline
+        self,
+        tun: Tun,
+        transport: UdpTransport,
+        tunnel: DeviceOwner[WireGuardDevice],
+        pipeline: Pipeline,
     ) -> TunnelRunner | None:
         from tunplug_fastpath.engine import NativeEngine
 
@@ -141,7 +146,7 @@ class NativeDataPath(DataPath):
         if reason:
             log.info("native data path: per-batch calls from the Python engine (%s)", reason)
             return None
-        return NativeEngine(tun, transport, device)
+        return NativeEngine(tun, transport, tunnel)
 
 
 def _replay_window(limit: int) -> ReplayCheck:

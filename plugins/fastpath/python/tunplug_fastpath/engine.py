@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, cast
 import anyio
 import anyio.lowlevel
 
-from tunplug.engine import EngineStats, Processor, filter_handshake_floods
+from tunplug.engine import DeviceOwner, EngineStats, filter_handshake_floods
 from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.transport import Datagram, UdpTransport
 from tunplug.wireguard import WireGuardDevice
@@ -95,7 +95,7 @@ class NativeEngine:
         self,
         tun: Tun,
         transport: UdpTransport,
-        device: WireGuardDevice,
+        tunnel: DeviceOwner[WireGuardDevice],
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -106,7 +106,7 @@ class NativeEngine:
         self.transport = transport
         self.clock = clock
         self.stats = EngineStats()
-        self._device = device
+        device = self._device = tunnel.device
         self.plane = _native.Plane(
             transport.fileno(), udp.gso_enabled, udp.gro_enabled, fds, vnet_hdr, device.mtu
         )
@@ -121,6 +121,7 @@ class NativeEngine:
         #: Packets the socket thread wrote to the device (only that thread adds to it).
         self._delivered = 0
         self._sync()
+        tunnel.subscribe(self._replaced)
         log.info(
             "native data plane on %s: %d queue thread(s) and a socket thread, TUN offloads %s, "
             "UDP GSO %s / GRO %s",
@@ -133,13 +134,12 @@ class NativeEngine:
 
     # -- the device, replaceable by a reload ------------------------------------------------
     @property
-    def processor(self) -> Processor:
+    def device(self) -> WireGuardDevice:
+        """The device the engine drives now."""
         return self._device
 
-    @processor.setter
-    def processor(self, device: Processor) -> None:
-        if not isinstance(device, WireGuardDevice):
-            raise TypeError("the native engine drives a WireGuardDevice")
+    def _replaced(self, device: WireGuardDevice) -> None:
+        """The tunnel's owner replaced the device (a new private key)."""
         self._device = device
         self.plane.clear()  # the new device's sessions and peer ids start over
         self._sync()
