@@ -46,7 +46,8 @@ def test_the_unit_keeps_what_the_gateway_needs_and_nothing_more():
     found = settings()
     assert found["Type"] == ["notify"]
     assert found["ExecStart"] == ["/usr/local/bin/tunplug-gateway run"]
-    assert "ExecReload" not in found  # clients are applied live
+    # Clients are applied live; SIGHUP re-reads the interface (private.key included).
+    assert found["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # CAP_NET_BIND_SERVICE: the DNS server for DNS resources on port 53 of the tunnel addresses.
     assert (
         found["CapabilityBoundingSet"]
