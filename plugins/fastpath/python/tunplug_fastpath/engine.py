@@ -26,7 +26,10 @@ The event loop keeps the device and the plane in step: after every device call t
 whose sessions, endpoint or AllowedIPs changed are pushed to the plane (``take_changes``), and
 every :data:`ACTIVITY_INTERVAL` the timer task hands the plane's activity (bytes, times,
 endpoints, confirmed sessions, drops) to the device, whose timers then run as on the Python
-path. Sessions keep one counter and one replay window, shared by Python and the threads.
+path. Sessions keep one counter and one replay window, shared by Python and the threads. A
+reload with a new private key replaces the device at the tunnel's owner
+(:class:`~tunplug.engine.DeviceOwner`), which tells the engine: the plane is cleared and
+filled again from the new device.
 """
 
 from __future__ import annotations
@@ -133,11 +136,6 @@ class NativeEngine:
         )
 
     # -- the device, replaceable by a reload ------------------------------------------------
-    @property
-    def device(self) -> WireGuardDevice:
-        """The device the engine drives now."""
-        return self._device
-
     def _replaced(self, device: WireGuardDevice) -> None:
         """The tunnel's owner replaced the device (a new private key)."""
         self._device = device
