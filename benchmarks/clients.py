@@ -43,7 +43,8 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network
 from pathlib import Path
 
-from throughput import exclusive_lock, render_markdown_table
+from benchlib.lifecycle import exclusive_lock
+from benchlib.tables import render_markdown_table
 from wggo import FetchError, fetch
 
 from tunplug import token

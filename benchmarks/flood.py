@@ -26,7 +26,6 @@ in ``tests/benchmarks/test_flood_script.py``.
 from __future__ import annotations
 
 import argparse
-import signal
 import statistics
 import sys
 import threading
@@ -37,20 +36,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from throughput import (
+from benchlib.facts import machine_facts
+from benchlib.lifecycle import install_signal_handlers, run_exclusive
+from benchlib.netns import wait_for_quiet
+from benchlib.pairs import (
     ANCHOR,
     PAIR_LABELS,
     EndpointKind,
     Setup,
-    _on_signal,
-    _preflight,
-    machine_facts,
-    render_markdown_table,
-    render_text_table,
-    run_exclusive,
-    wait_for_quiet,
+    handshake,
+    preflight,
+    tunnel_topology,
     wireguard_go_builds,
 )
+from benchlib.tables import fmt_num, median_or_none, render_markdown_table, render_text_table
 from wggo import FetchError, default_cache_dir
 
 from tunplug.testing.flood import (
@@ -60,7 +59,7 @@ from tunplug.testing.flood import (
     start_flood,
     valid_initiation,
 )
-from tunplug.testing.interop import UNDERLAY, topology
+from tunplug.testing.interop import UNDERLAY
 from tunplug.wireguard.keys import parse_key
 
 BEFORE, DURING, AFTER = 8.0, 14.0, 8.0
@@ -95,8 +94,7 @@ class Row:
     failures: int = 0
 
     def median(self, name: str) -> float | None:
-        values = [float(getattr(run, name)) for run in self.runs]
-        return statistics.median(values) if values else None
+        return median_or_none([float(getattr(run, name)) for run in self.runs])
 
 
 def phases(intervals: Sequence[dict[str, Any]], flood_start: float, flood_end: float) -> Run:
@@ -126,15 +124,8 @@ def phases(intervals: Sequence[dict[str, Any]], flood_start: float, flood_end: f
 
 
 def measure(setup: Setup, binaries: dict[EndpointKind, Path], sources: int) -> Run:
-    wggo = setup.wggo_kind
-    with topology(
-        *setup.interop_kinds,
-        tunplug_env=setup.tunplug_env,
-        wggo_binary=binaries[wggo] if wggo else "wireguard-go",
-    ) as topo:
-        topo.connect(initiator="a")
-        if "1 received" not in topo.ping("a", topo.b.tunnel_v4, count=1).stdout:
-            raise RuntimeError("no handshake: ping through the tunnel failed")
+    with tunnel_topology(setup, binaries) as topo:
+        handshake(topo)
         if sources == 1:
             addresses = [FLOODER]
             topo.a.ns.run("ip", "addr", "add", f"{FLOODER}/24", "dev", "veth-a")
@@ -220,10 +211,6 @@ HEADER = [
 ]
 
 
-def _num(value: float | None, spec: str = ".0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _anchor_kept(rows: Sequence[Row], sources: int) -> float | None:
     anchor = next((r for r in rows if r.pair == ANCHOR and r.sources == sources), None)
     return anchor.median("kept") if anchor else None
@@ -239,12 +226,12 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
         out.append(
             [
                 row_label(row),
-                _num(row.median("before")),
-                _num(row.median("during")),
-                _num(row.median("during_min")),
-                _num(row.median("after")),
-                _num(kept, ".0%"),
-                _num(versus, ".2f") + ("x" if versus is not None else ""),
+                fmt_num(row.median("before")),
+                fmt_num(row.median("during")),
+                fmt_num(row.median("during_min")),
+                fmt_num(row.median("after")),
+                fmt_num(kept, ".0%"),
+                fmt_num(versus, ".2f") + ("x" if versus is not None else ""),
                 "-" if flood is None else f"{flood / 1000:.0f}k",
                 f"{len(row.runs)}" + (f" ({row.failures} failed)" if row.failures else ""),
             ]
@@ -265,7 +252,7 @@ def verdicts(rows: Sequence[Row]) -> list[str]:
         share_ok = anchor_kept is not None and kept >= anchor_kept
         lines.append(
             f"{'PASS' if share_ok and floor > 0 else 'FAIL'} {row_label(row)}: keeps "
-            f"{kept:.0%} (wggo13 {_num(anchor_kept, '.0%')}), lowest second {floor:.0f} Mbit/s"
+            f"{kept:.0%} (wggo13 {fmt_num(anchor_kept, '.0%')}), lowest second {floor:.0f} Mbit/s"
         )
     return lines
 
@@ -331,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sources must be between 1 and 64000")
     pairs = [ANCHOR, *(pair for pair in args.only if pair != ANCHOR)] if args.only else FLOOD_PAIRS
     setups = [Setup(pair, ()) for pair in FLOOD_PAIRS if pair in pairs]
-    problem = _preflight(setups)
+    problem = preflight(setups)
     if problem:
         print(f"benchmarks/flood.py: {problem}", file=sys.stderr)
         return 2
@@ -340,8 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FetchError as error:
         print(f"benchmarks/flood.py: wireguard-go: {error}", file=sys.stderr)
         return 2
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    install_signal_handlers()
     minutes = len(setups) * len(sources) * args.runs * (BEFORE + DURING + AFTER + 6) / 60
     print(
         f"{len(setups)} pairs x {len(sources)} floods x {args.runs} runs: about {minutes:.0f} min",

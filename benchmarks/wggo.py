@@ -1,7 +1,8 @@
 """Debian 13's wireguard-go, fetched into a private cache without touching the system's apt.
 
-Who calls it: ``benchmarks/throughput.py`` (its anchor, ``--wggo-cache DIR``), and anyone who
-wants the binary for an interop run by hand::
+Who calls it: ``benchmarks/throughput.py`` and ``flood.py`` (their anchor, ``--wggo-cache DIR``,
+through ``benchlib.pairs``), ``clients.py``, and anyone who wants the binary for an interop run
+by hand::
 
     sudo .venv/bin/python benchmarks/wggo.py                 # fetch if needed, print the path
     sudo .venv/bin/python benchmarks/wggo.py --cache DIR

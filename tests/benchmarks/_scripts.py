@@ -1,14 +1,14 @@
-"""Loading the benchmark scripts (not a package: each imports its siblings ``wggo`` and
-``throughput`` by name, as when run as ``python benchmarks/NAME.py``) for their tests."""
+"""Loading the benchmark scripts for their tests. They are not a package: each imports
+``benchlib`` and its sibling ``wggo`` by name, as when run as ``python benchmarks/NAME.py``
+(``tests/benchmarks/__init__.py`` puts ``benchmarks/`` on ``sys.path`` for that)."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 from types import ModuleType
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from . import BENCHMARKS
 
 
 def load(name: str, module_name: str) -> ModuleType:
@@ -20,11 +20,3 @@ def load(name: str, module_name: str) -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def load_with_siblings(name: str, module_name: str) -> ModuleType:
-    """Like :func:`load`, after ``wggo`` and ``throughput`` under the names it imports."""
-    for sibling in ("wggo", "throughput"):
-        if sibling not in sys.modules:
-            load(f"{sibling}.py", sibling)
-    return load(name, module_name)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from tunplug.testing.loadgen import LoadResult
 
-from ._scripts import load_with_siblings
+from ._scripts import load
 
-clients = load_with_siblings("clients.py", "tunplug_benchmark_clients")
+clients = load("clients.py", "tunplug_benchmark_clients")
 
 
 def column(kind: str, seconds: float, rss: tuple[int, int], idle: float):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from ._scripts import load_with_siblings
+from ._scripts import load
 
-flood = load_with_siblings("flood.py", "tunplug_benchmark_flood")
+flood = load("flood.py", "tunplug_benchmark_flood")
 
 
 def intervals(rates):

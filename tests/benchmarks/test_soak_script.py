@@ -3,25 +3,28 @@ fails its own check. Made-up samples; no namespaces, no root, no timing."""
 
 from __future__ import annotations
 
-from ._scripts import load_with_siblings
+from benchlib.soak.checks import Outcome
+from benchlib.soak.samples import ProcessStats, Sample
 
-soak = load_with_siblings("soak.py", "tunplug_benchmark_soak")
+from ._scripts import load
+
+soak = load("soak.py", "tunplug_benchmark_soak")
 MB = 1024 * 1024
-OUTCOME = soak.Outcome({"tcp": 900, "udp": 300, "failed": 0}, 1000.0, 0, alive=True)
+OUTCOME = Outcome({"tcp": 900, "udp": 300, "failed": 0}, 1000.0, 0, alive=True)
 
 
 def samples(rss_growth_mb=0.0, fd_step=0, slow_after=None, count=60):
     out, rx = [], 0
     for i in range(count):
         elapsed = 10.0 * i
-        gateway = soak.ProcessStats(
+        gateway = ProcessStats(
             rss=int((50 + rss_growth_mb * i / count) * MB),
             fds=14 + (fd_step if i > count // 2 else 0),
             threads=5,
             cpu_seconds=i * 8.0,
         )
-        client = soak.ProcessStats(rss=30 * MB, fds=10, threads=4, cpu_seconds=i * 2.0)
-        out.append(soak.Sample(elapsed, rx, gateway, client, 0.0, 0, i * 20, 0))
+        client = ProcessStats(rss=30 * MB, fds=10, threads=4, cpu_seconds=i * 2.0)
+        out.append(Sample(elapsed, rx, gateway, client, 0.0, 0, i * 20, 0))
         # 1000 Mbit/s for the next 10 s, 300 from ``slow_after`` on
         rx += int(1000e6 / 8 * 10 * (0.3 if slow_after is not None and i >= slow_after else 1.0))
     return out

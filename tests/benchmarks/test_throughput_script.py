@@ -1,5 +1,6 @@
-"""The pure parts of ``benchmarks/throughput.py`` and ``benchmarks/wggo.py``: matrix, medians,
-ratios, targets, rendering, options, and finding the machine's Debian mirror.
+"""The pure parts of ``benchmarks/throughput.py`` (its modules in ``benchmarks/benchlib/``) and
+``benchmarks/wggo.py``: matrix, medians, ratios, targets, rendering, options, and finding the
+machine's Debian mirror.
 
 No network, no root, no apt and no timing: results are built by hand, apt sources are temporary
 files. The benchmark itself is never run from the tests.
@@ -11,21 +12,39 @@ import itertools
 from pathlib import Path
 
 import pytest
+import wggo
+from benchlib import host
+from benchlib.facts import WGGO_FACT_NAMES, code_fingerprint
+from benchlib.pairs import ANCHOR, OLD_ANCHOR, PAIRS, Setup, kinds_in
+from benchlib.throughput.matrix import (
+    A_TO_B,
+    B_TO_A,
+    FOUR_STREAMS,
+    build_matrix,
+    configs,
+    estimate_seconds,
+)
+from benchlib.throughput.report import (
+    RESULT_HEADER,
+    render_markdown,
+    render_text,
+    result_rows,
+    tso_by_kind,
+    tso_note,
+)
+from benchlib.throughput.results import Result, Sample, find, ratio
+from benchlib.throughput.targets import evaluate_targets
 
 from ._scripts import load
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-wggo = load("wggo.py", "wggo")  # throughput.py imports it as its sibling
-bench = load("throughput.py", "tunplug_benchmark_throughput")
+bench = load("throughput.py", "tunplug_benchmark_throughput")  # the command line
 MB = 1024 * 1024
 ANCHOR_MBPS = 500
 OLD_ANCHOR_MBPS = 100
 
 
 def sample(mbps, *, retransmits=0, cpu=(1.0, 2.0), idle_mb=(40.0, 41.0), seconds=5.0, tso=None):
-    return bench.Sample(
+    return Sample(
         bits_per_second=mbps * 1e6,
         retransmits=retransmits,
         bytes=int(mbps * 1e6 / 8 * seconds),
@@ -53,16 +72,16 @@ def fake_results(
     throughput unless ``native_cpu`` says otherwise.
     """
     results = []
-    for config in bench.configs(bench.build_matrix()):
+    for config in configs(build_matrix()):
         setup, test = config.setup, config.test
         retransmits, cpu, idle = 0, (1.0, 2.0), (5.0, 5.0)
-        if setup.pair == bench.ANCHOR:
+        if setup.pair == ANCHOR:
             values = [400, 500, 600]
-        elif setup.pair == bench.OLD_ANCHOR:
+        elif setup.pair == OLD_ANCHOR:
             values, retransmits = [OLD_ANCHOR_MBPS] * 3, 40000
         elif setup.pair == "native-native" and setup.queues == 1:
             values = [native[1] if test.reverse else native[0]] * 3
-            values = [650] * 3 if test == bench.FOUR_STREAMS else values
+            values = [650] * 3 if test == FOUR_STREAMS else values
             cpu, idle = native_cpu, idle_mb
         elif setup.pair == "native-native" and setup.queues == 2:
             values, retransmits, idle = [q2[0]] * 3, q2[1], idle_mb
@@ -78,7 +97,7 @@ def fake_results(
             sample(v, retransmits=retransmits, cpu=cpu, idle_mb=idle, tso=wggo13_tso)
             for v in values
         ]
-        results.append(bench.Result(config, samples))
+        results.append(Result(config, samples))
     return results
 
 
@@ -86,9 +105,9 @@ def fake_results(
 
 
 def test_the_matrix_has_both_anchors_both_data_paths_the_mixed_pair_and_the_queues():
-    setups = bench.build_matrix()
-    assert [s.pair for s in setups[:2]] == [bench.ANCHOR, bench.OLD_ANCHOR]
-    assert {s.pair for s in setups} == set(bench.PAIRS)
+    setups = build_matrix()
+    assert [s.pair for s in setups[:2]] == [ANCHOR, OLD_ANCHOR]
+    assert {s.pair for s in setups} == set(PAIRS)
     tests = {(s.pair, s.queues, t) for s in setups for t in s.tests}
     for pair, queues in (
         ("wggo13-wggo13", None),
@@ -97,42 +116,40 @@ def test_the_matrix_has_both_anchors_both_data_paths_the_mixed_pair_and_the_queu
         ("python-python", 1),
         ("native-wggo13", 1),
     ):
-        for test in (bench.A_TO_B, bench.B_TO_A, bench.FOUR_STREAMS):
+        for test in (A_TO_B, B_TO_A, FOUR_STREAMS):
             assert (pair, queues, test) in tests
     for queues in (1, 2, 4):
-        assert ("native-native", queues, bench.FOUR_STREAMS) in tests
-    assert len(bench.configs(setups)) == 17
+        assert ("native-native", queues, FOUR_STREAMS) in tests
+    assert len(configs(setups)) == 17
     # the default run stays well under 15 minutes
-    assert bench.estimate_seconds(setups, runs=3, seconds=5) < 15 * 60
+    assert estimate_seconds(setups, runs=3, seconds=5) < 15 * 60
 
 
 def test_only_keeps_the_anchor_and_the_old_anchor_only_when_asked():
-    setups = bench.build_matrix(["native-wggo13"])
-    assert {s.pair for s in setups} == {bench.ANCHOR, "native-wggo13"}
-    setups = bench.build_matrix(["python-python", bench.OLD_ANCHOR])
-    assert {s.pair for s in setups} == {bench.ANCHOR, bench.OLD_ANCHOR, "python-python"}
-    assert bench.kinds_in(bench.build_matrix([bench.ANCHOR])) == {"wggo13"}
+    setups = build_matrix(["native-wggo13"])
+    assert {s.pair for s in setups} == {ANCHOR, "native-wggo13"}
+    setups = build_matrix(["python-python", OLD_ANCHOR])
+    assert {s.pair for s in setups} == {ANCHOR, OLD_ANCHOR, "python-python"}
+    assert kinds_in(build_matrix([ANCHOR])) == {"wggo13"}
 
 
 def test_each_kind_reaches_its_endpoint_as_a_binary_or_an_environment():
-    native = bench.Setup("native-native", (bench.A_TO_B,), queues=2)
+    native = Setup("native-native", (A_TO_B,), queues=2)
     assert native.interop_kinds == ("tunplug", "tunplug")
     assert native.tunplug_args == ("--tun-threads", "2")
     assert native.tunplug_env == {"TUNPLUG_DATA_PATH": "native"}
     assert native.wggo_kind is None
-    python = bench.Setup("python-python", (bench.A_TO_B,), queues=1)
+    python = Setup("python-python", (A_TO_B,), queues=1)
     assert python.tunplug_env == {"TUNPLUG_DATA_PATH": "python"}
-    mixed = bench.Setup("native-wggo13", (bench.A_TO_B,), queues=1)
+    mixed = Setup("native-wggo13", (A_TO_B,), queues=1)
     assert mixed.interop_kinds == ("tunplug", "wireguard-go")
     assert mixed.wggo_kind == "wggo13"
-    for pair in (bench.ANCHOR, bench.OLD_ANCHOR):
-        anchor = bench.Setup(pair, (bench.A_TO_B,))
+    for pair in (ANCHOR, OLD_ANCHOR):
+        anchor = Setup(pair, (A_TO_B,))
         assert anchor.tunplug_args == () and anchor.tunplug_env == {}
         assert anchor.interop_kinds == ("wireguard-go", "wireguard-go")
-    assert bench.Setup(bench.OLD_ANCHOR, ()).wggo_kind == "wggo12"
-    assert bench.Setup("native-native", (), queues=4).label == (
-        "tunplug-native<->tunplug-native q4"
-    )
+    assert Setup(OLD_ANCHOR, ()).wggo_kind == "wggo12"
+    assert Setup("native-native", (), queues=4).label == ("tunplug-native<->tunplug-native q4")
 
 
 # --- medians and ratios ---------------------------------------------------------------------
@@ -140,23 +157,23 @@ def test_each_kind_reaches_its_endpoint_as_a_binary_or_an_environment():
 
 def test_medians_and_ratios_against_both_anchors_of_the_same_test():
     results = fake_results(native=(550, 450))
-    assert bench.find(results, bench.ANCHOR, bench.A_TO_B).mbps == pytest.approx(500)
-    native = bench.find(results, "native-native", bench.A_TO_B)
-    assert bench.ratio(native, results) == pytest.approx(1.1)
-    assert bench.ratio(native, results, bench.OLD_ANCHOR) == pytest.approx(5.5)
-    reverse = bench.find(results, "native-native", bench.B_TO_A)
-    assert bench.ratio(reverse, results) == pytest.approx(0.9)
-    four = bench.find(results, "native-native", bench.FOUR_STREAMS, queues=4)
+    assert find(results, ANCHOR, A_TO_B).mbps == pytest.approx(500)
+    native = find(results, "native-native", A_TO_B)
+    assert ratio(native, results) == pytest.approx(1.1)
+    assert ratio(native, results, OLD_ANCHOR) == pytest.approx(5.5)
+    reverse = find(results, "native-native", B_TO_A)
+    assert ratio(reverse, results) == pytest.approx(0.9)
+    four = find(results, "native-native", FOUR_STREAMS, queues=4)
     assert four.mbps == pytest.approx(720)
-    assert bench.find(results, "native-native", bench.FOUR_STREAMS).config.setup.queues == 1
+    assert find(results, "native-native", FOUR_STREAMS).config.setup.queues == 1
 
 
 def test_ratio_is_missing_without_anchor_samples():
     results = fake_results()
-    bench.find(results, bench.ANCHOR, bench.A_TO_B).samples.clear()
-    native = bench.find(results, "native-native", bench.A_TO_B)
-    assert bench.ratio(native, results) is None
-    assert bench.ratio(native, results, bench.OLD_ANCHOR) == pytest.approx(5.0)
+    find(results, ANCHOR, A_TO_B).samples.clear()
+    native = find(results, "native-native", A_TO_B)
+    assert ratio(native, results) is None
+    assert ratio(native, results, OLD_ANCHOR) == pytest.approx(5.0)
 
 
 def test_cpu_seconds_per_gb_and_percent():
@@ -169,7 +186,7 @@ def test_cpu_seconds_per_gb_and_percent():
 
 
 def _targets(results):
-    return {target.name: target for target in bench.evaluate_targets(results)}
+    return {target.name: target for target in evaluate_targets(results)}
 
 
 SINGLE = "tunplug-native<->tunplug-native 1 stream a->b >= 1.0x wggo13<->wggo13"
@@ -224,8 +241,8 @@ def test_the_python_path_is_reported_against_both_anchors_and_before():
 
 
 def test_targets_are_not_applicable_when_filtered_out():
-    results = [r for r in fake_results() if r.config.setup.pair == bench.ANCHOR]
-    targets = bench.evaluate_targets(results)
+    results = [r for r in fake_results() if r.config.setup.pair == ANCHOR]
+    targets = evaluate_targets(results)
     assert all(t.passed is None and not t.informational for t in targets)
     assert all(t.line().startswith("n/a") for t in targets)
 
@@ -237,9 +254,9 @@ def test_tables_render_both_anchor_columns_as_text_and_markdown():
     results = fake_results()
     results[-1].failures = 1
     results[-1].samples[0].disturbed = True
-    rows = bench.result_rows(results)
+    rows = result_rows(results)
     assert len(rows) == len(results)
-    assert all(len(row) == len(bench.RESULT_HEADER) for row in rows)
+    assert all(len(row) == len(RESULT_HEADER) for row in rows)
     assert rows[0][:9] == ["wggo13<->wggo13", "-", "on/on", "1 stream a->b", "500", "400-600",
                            "1.00x (anchor)", "5.00x", "0"]  # fmt: skip
     assert rows[3][6:9] == ["0.20x", "1.00x (anchor)", "40000"]  # wggo12<->wggo12
@@ -247,11 +264,11 @@ def test_tables_render_both_anchor_columns_as_text_and_markdown():
                            "500", "500-500", "1.00x", "5.00x"]  # fmt: skip
     assert rows[-1][-1] == "3 (1 failed, 1 disturbed)"
     assert rows[-2][-1] == "3"
-    text = bench.render_text(results)
+    text = render_text(results)
     assert f"met      {SINGLE}" in text
     assert "Where the CPU went" in text
-    machine = {"CPUs (nproc)": "2", bench.WGGO_FACT_NAMES["wggo13"]: "wireguard-go v0.0.20230223"}
-    md = bench.render_markdown(results, bench.build_matrix(), machine, command="sudo x --quick")
+    machine = {"CPUs (nproc)": "2", WGGO_FACT_NAMES["wggo13"]: "wireguard-go v0.0.20230223"}
+    md = render_markdown(results, build_matrix(), machine, command="sudo x --quick")
     assert md.startswith("# Throughput benchmark")
     assert "`sudo x --quick`" in md
     assert "| wireguard-go wggo13 (the anchor: Debian 13) | wireguard-go v0.0.20230223 |" in md
@@ -264,20 +281,20 @@ def test_tables_render_both_anchor_columns_as_text_and_markdown():
 
 
 def test_empty_results_render_dashes():
-    results = [bench.Result(config) for config in bench.configs(bench.build_matrix())]
-    rows = bench.result_rows(results)
+    results = [Result(config) for config in configs(build_matrix())]
+    rows = result_rows(results)
     assert rows[0][2] == "-" and rows[0][4:8] == ["-", "-", "-", "-"]
-    assert bench.render_text(results)
-    assert bench.tso_note(results) == "No device was read in this run."
+    assert render_text(results)
+    assert tso_note(results) == "No device was read in this run."
 
 
 def test_tso_is_told_per_side_and_per_kind():
     results = fake_results()
-    mixed = bench.find(results, "native-wggo13", bench.A_TO_B)
+    mixed = find(results, "native-wggo13", A_TO_B)
     mixed.samples[0].tso = (True, True)
-    assert bench.result_rows(results)[results.index(mixed)][2] == "mixed/on"
-    assert bench.tso_by_kind(results)["tunplug-native"] == "mixed"
-    assert bench.tso_by_kind(results)["wggo13"] == "on"
+    assert result_rows(results)[results.index(mixed)][2] == "mixed/on"
+    assert tso_by_kind(results)["tunplug-native"] == "mixed"
+    assert tso_by_kind(results)["wggo13"] == "on"
 
 
 # --- options --------------------------------------------------------------------------------
@@ -321,8 +338,8 @@ def test_proc_stat_parsing_survives_odd_process_names(tmp_path, monkeypatch):
         return tmp_path / "stat" if str(path).endswith("/stat") else real_path(path)
 
     (tmp_path / "stat").write_text(stat)
-    monkeypatch.setattr(bench, "Path", fake_path)
-    assert bench.proc_cpu_seconds(1234) == pytest.approx((14 + 15) / bench.CLK_TCK)
+    monkeypatch.setattr(host, "Path", fake_path)
+    assert host.proc_cpu_seconds(1234) == pytest.approx((14 + 15) / host.CLK_TCK)
 
 
 def test_code_fingerprint_follows_python_files_and_native_modules_but_not_cargo(tmp_path):
@@ -334,15 +351,15 @@ def test_code_fingerprint_follows_python_files_and_native_modules_but_not_cargo(
     native.write_bytes(b"\x7fELF")
     cargo = tmp_path / "plugins" / "fastpath" / "target" / "debug" / "lib.so"
     cargo.parent.mkdir(parents=True)
-    before = bench.code_fingerprint(tmp_path)
-    assert bench.code_fingerprint(tmp_path) == before
+    before = code_fingerprint(tmp_path)
+    assert code_fingerprint(tmp_path) == before
     cargo.write_bytes(b"built")
-    assert bench.code_fingerprint(tmp_path) == before
+    assert code_fingerprint(tmp_path) == before
     native.write_bytes(b"\x7fELF rebuilt")
-    after_rebuild = bench.code_fingerprint(tmp_path)
+    after_rebuild = code_fingerprint(tmp_path)
     assert after_rebuild != before
     module.write_text("x = 22\n")
-    assert bench.code_fingerprint(tmp_path) != after_rebuild
+    assert code_fingerprint(tmp_path) != after_rebuild
 
 
 # --- Debian 13's wireguard-go (benchmarks/wggo.py) -----------------------------------------
