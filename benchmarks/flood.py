@@ -318,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--sources must be between 1 and 64000")
     pairs = [ANCHOR, *(pair for pair in args.only if pair != ANCHOR)] if args.only else FLOOD_PAIRS
     setups = [Setup(pair, ()) for pair in FLOOD_PAIRS if pair in pairs]
-    problem = preflight(setups)
+    problem = preflight(setups, script="benchmarks/flood.py")
     if problem:
         print(f"benchmarks/flood.py: {problem}", file=sys.stderr)
         return 2
