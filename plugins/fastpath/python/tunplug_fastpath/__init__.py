@@ -7,6 +7,7 @@ but :class:`NativeDataPath`; the compiled module ``tunplug_fastpath._native`` is
 
 from __future__ import annotations
 
-from tunplug_fastpath.datapath import NativeAead, NativeDataPath, NativePacketOps
+from tunplug_fastpath.datapath import NativeDataPath
+from tunplug_fastpath.pieces import NativeAead, NativePacketOps
 
 __all__ = ["NativeAead", "NativeDataPath", "NativePacketOps"]

@@ -53,7 +53,7 @@ from tunplug.exceptions import ClosedResource, map_os_errors
 from tunplug.transport import Datagram, UdpTransport
 from tunplug.wireguard import WireGuardDevice
 from tunplug_fastpath import _native
-from tunplug_fastpath.datapath import NativeAead
+from tunplug_fastpath.pieces import NativeAead
 
 if TYPE_CHECKING:
     from tunplug.pipeline import Pipeline
