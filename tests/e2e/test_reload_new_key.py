@@ -20,11 +20,8 @@ import pytest
 
 from tests.e2e.test_gateway import Net, net, wait_for
 from tests.e2e.test_headless_service import Client, server, write_private
-from tunplug.gateway.registry import KEY_NAME
 from tunplug.testing.interop import TUNNEL, UNDERLAY, Keys, PeerSpec, Topology
 from tunplug.testing.netns import NetNS
-from tunplug.wireguard.keys import format_key
-from tunplug_crypto_cryptography.backend import CryptographyBackend
 
 __all__ = ["net", "server"]  # the fixtures, shared with test_gateway and test_headless_service
 
@@ -112,22 +109,23 @@ def metrics_public_key(net: Net) -> str:
     raise AssertionError("no tunplug_gateway_info in /metrics")
 
 
-def test_the_gateway_metrics_show_its_new_public_key_after_sighup(net):
-    crypto = CryptographyBackend()
+def test_the_gateway_metrics_show_its_new_public_key_after_rotate_key_and_sighup(net):
     first = json.loads(net.tool("status", "--json").stdout)["public_key"]
     net.start("--data-path", DATA_PATH)
     assert f"up: {expected_data_path()} data path" in net.log.read_text()
     index = ifindex(net.gateway, "tpgw0")
     assert metrics_public_key(net) == first
 
-    # A new private key file in the state directory, then SIGHUP (systemctl reload).
-    new_private = crypto.generate_private_key()
-    key_file = net.state / KEY_NAME
-    key_file.write_text(format_key(new_private) + "\n")
-    key_file.chmod(0o600)
+    # The operator's two steps: a new key pair in the state directory, then SIGHUP (systemctl
+    # reload tunplug-gateway).
+    rotated = net.tool("rotate-key")
+    new = rotated.stdout.split("new gateway public key ")[1].split(";")[0]
+    assert new != first
+    assert metrics_public_key(net) == first  # nothing changes before the reload
     assert net.process is not None
     net.process.send_signal(signal.SIGHUP)
     wait_for(net.log, "configuration reloaded (0 peer(s), new private key)", net.process)
-    assert metrics_public_key(net) == format_key(crypto.public_key(new_private))
+    assert metrics_public_key(net) == new
+    assert json.loads(net.tool("status", "--json").stdout)["public_key"] == new
     assert ifindex(net.gateway, "tpgw0") == index
     assert net.stop() == 0

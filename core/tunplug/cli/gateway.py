@@ -206,6 +206,16 @@ def build_parser(plugins: PluginHost | None = None) -> argparse.ArgumentParser:
         "token no longer\nconnects. The name may be used again by 'client add'.",
     )
     revoke.add_argument("name", metavar="NAME")
+    command(
+        commands,
+        "rotate-key",
+        _rotate_key,
+        help="give the gateway a new key pair (every client needs a new token)",
+        description="Replace the gateway's private key and store its new public key. A running "
+        "gateway takes it\non SIGHUP (systemctl reload tunplug-gateway) and keeps its interface. "
+        "Every client's\nconfiguration names the old public key: issue new tokens "
+        "(client revoke, client add).",
+    )
     gateway_resources.add_parsers(commands, command, _settings)
 
     run = command(
@@ -385,6 +395,18 @@ def _client_revoke(args: argparse.Namespace) -> int:
     print(
         f"revoked client {client.name!r} ({client.address_v4}, {client.address_v6}); "
         "a running gateway drops it within a second"
+    )
+    return EXIT_OK
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    with Registry.open(settings.state_dir, crypto=App(settings, args.plugins).crypto()) as registry:
+        gateway = registry.rotate_key()
+    print(
+        f"new gateway public key {format_key(gateway.public_key)}; a running gateway takes it "
+        "on SIGHUP (systemctl reload tunplug-gateway). Clients need new tokens: "
+        "tunplug-gateway client revoke NAME, then client add NAME"
     )
     return EXIT_OK
 

@@ -38,6 +38,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +63,7 @@ from tunplug.gateway.registry_storage import (
     create_state,
     migrate,
     path_exists,
+    replace_key,
     sqlite_errors,
 )
 from tunplug.gateway.resource_store import ResourceStore, check_network
@@ -407,6 +409,24 @@ class Registry(ResourceStore):
                 update={"routes": routes + [str(n) for n in INTERNET_NETWORKS]}
             )
         return IssuedClient(record, client_token.encode(issued), stock.to_wg_quick())
+
+    def rotate_key(self) -> GatewayConfig:
+        """A new gateway identity: a new private key in the state directory and its public key
+        in the database, in one step (the key file is replaced inside the database's write
+        transaction, which rolls back if the file cannot be written). A running gateway takes
+        it on SIGHUP; every client needs a new token (``client add``), since their
+        configurations name the old public key.
+        """
+        crypto = self._crypto
+        if crypto is None:
+            raise RuntimeError("this registry was opened without crypto=: it cannot make keys")
+        private_key = crypto.generate_private_key()
+        public_key = crypto.public_key(private_key)
+        with self._write("storing the new gateway key") as connection:
+            connection.execute("UPDATE gateway SET public_key = ? WHERE id = 1", (public_key,))
+            replace_key(self.state_dir, format_key(private_key) + "\n")
+        self._gateway = replace(self._gateway, private_key=private_key, public_key=public_key)
+        return self._gateway
 
     def revoke(self, name: str) -> ClientRecord:
         """Revoke the active client ``name``; the running gateway drops it within a second.

@@ -108,6 +108,19 @@ def create_state(state_dir: Path, key_text: str) -> None:
         raise ConfigError("--state-dir", f"cannot create {state_dir}: {_os_reason(exc)}") from None
 
 
+def replace_key(state_dir: Path, key_text: str) -> None:
+    """Replace :data:`KEY_NAME` with ``key_text`` atomically (mode 0600 from the first byte).
+
+    :raises ConfigError: it cannot be written.
+    """
+    try:
+        _write_private(state_dir / KEY_NAME, key_text)
+    except OSError as exc:
+        raise ConfigError(
+            "--state-dir", f"cannot write {state_dir / KEY_NAME}: {_os_reason(exc)}"
+        ) from None
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600 from the first byte, replacing atomically."""
     temporary = path.with_name(f".{path.name}.tmp")

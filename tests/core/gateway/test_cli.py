@@ -447,3 +447,19 @@ def test_format_age(seconds, text):
 )
 def test_format_bytes(count, text):
     assert cli.format_bytes(count) == text
+
+
+def test_rotate_key_prints_the_new_public_key_that_status_then_shows(state_dir, capsys):
+    before = json.loads(run(capsys, "status", "--json")[1])["public_key"]
+    status, out, err = run(capsys, "rotate-key")
+    assert status == 0, err
+    new = out.split("new gateway public key ")[1].split(";")[0]
+    assert new != before
+    assert "client add" in out and "SIGHUP" in out
+    assert json.loads(run(capsys, "status", "--json")[1])["public_key"] == new
+
+
+def test_rotate_key_on_a_directory_never_initialised_is_one_line(tmp_path, capsys):
+    status, _, err = run(capsys, "rotate-key", "--state-dir", str(tmp_path / "none"))
+    assert status == 2
+    assert "is not initialised" in one_error_line(err)

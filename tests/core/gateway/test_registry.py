@@ -175,6 +175,33 @@ def test_open_refuses_a_damaged_private_key(registry, state_dir):
         Registry.open(state_dir)
 
 
+def test_rotate_key_replaces_the_key_file_and_the_stored_public_key(registry, state_dir):
+    old = registry.gateway
+    new = registry.rotate_key()
+    assert new.public_key == crypto.public_key(new.private_key) != old.public_key
+    assert mode(state_dir / KEY_NAME) == 0o600
+    with Registry.open(state_dir) as reopened:
+        assert (reopened.gateway.private_key, reopened.gateway.public_key) == (
+            new.private_key,
+            new.public_key,
+        )
+    issued = registry.add_client("after-rotation")
+    assert token.decode(issued.token, "token").gateway_key == format_key(new.public_key)
+
+
+def test_rotate_key_leaves_both_alone_when_the_key_file_cannot_be_written(registry, state_dir):
+    old = registry.gateway
+    (state_dir / KEY_NAME).unlink()
+    (state_dir / KEY_NAME).mkdir()  # os.replace onto a directory fails
+    with pytest.raises(ConfigError, match="cannot write"):
+        registry.rotate_key()
+    (state_dir / KEY_NAME).rmdir()
+    (state_dir / KEY_NAME).write_text(format_key(old.private_key) + "\n")
+    (state_dir / KEY_NAME).chmod(0o600)
+    with Registry.open(state_dir) as reopened:
+        assert reopened.gateway.public_key == old.public_key
+
+
 # -- clients ----------------------------------------------------------------------------------
 def test_clients_get_consecutive_addresses_after_the_gateways(registry):
     names = ["alpha", "beta", "gamma"]
