@@ -1,8 +1,9 @@
 """Short human-readable figures and tables for status output: ages, byte counts, columns.
 
 Who calls it: the gateway's CLI (``tunplug-gateway client list``, ``status``, ``resource
-list``...). It lives in the core, not in a CLI module, so that core code that shows a figure
-never imports a CLI, and one CLI module never imports another for it.
+list``...) and ``tunplug status`` (the ``wg show`` style figures). It lives in the core, not in
+a CLI module, so that core code that shows a figure never imports a CLI, and one CLI module
+never imports another for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,29 @@ def format_bytes(count: int) -> str:
         if value < 1024:
             break
     return f"{value:.1f} {unit}"
+
+
+def wg_show_age(then: float | None, now: float) -> str:
+    """As ``wg show`` prints a handshake's age: ``"1 minute, 5 seconds ago"``, or ``"never"``."""
+    if then is None:
+        return "never"
+    seconds = max(0, int(now - then))
+    parts: list[str] = []
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or (unit == "second" and not parts):
+            count, seconds = divmod(seconds, size)
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    return ", ".join(parts) + " ago"
+
+
+def wg_show_bytes(count: int) -> str:
+    """As ``wg show`` prints a transfer: ``"512 B"``, ``"1.50 KiB"``, up to GiB."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1024
+    raise AssertionError
 
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -24,6 +24,7 @@ import dns.rrset
 import pytest
 
 from tunplug.app import App
+from tunplug.cli.ctl import format_status
 from tunplug.config import TunplugSettings, load_settings
 from tunplug.control import ControlChannel, ControlError, describe, fetch_view, view_config
 from tunplug.dns import DnsManager, DnsSettings
@@ -31,7 +32,6 @@ from tunplug.live_tunnel import Applied, RoutingDns
 from tunplug.node import InterfaceHooks, _Runner
 from tunplug.resources import ClientView, ResourceView
 from tunplug.service import protocol as p
-from tunplug.service.client import format_status
 from tunplug.wgquick import parse_wg_quick
 from tunplug_dns.nrpt import WindowsNrpt
 from tunplug_dns.resolv_conf import EtcResolvConf

@@ -143,23 +143,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_key(App(settings).crypto().public_key(private)))
             return EXIT_OK
         if args.command in ("ctl", "status"):
-            from tunplug.service import client
+            from tunplug.cli import ctl
+            from tunplug.service.client import default_socket
 
-            socket_path = args.socket or client.default_socket()
+            socket_path = args.socket or default_socket()
             if args.command == "status":
-                return client.status_command(
+                return ctl.status_command(
                     args.socket,
                     as_json=args.json,
                     gateway_state=args.gateway_state,
                     status_file=args.status_file,
                 )
             if args.action == "connect":
-                return client.ctl_connect(socket_path, args.token_file)
+                return ctl.ctl_connect(socket_path, args.token_file)
             if args.action == "disconnect":
-                return client.ctl_disconnect(socket_path)
+                return ctl.ctl_disconnect(socket_path)
             if args.action == "status":
-                return client.ctl_status(socket_path, as_json=args.json)
-            return client.ctl_watch(socket_path, as_json=args.json)
+                return ctl.ctl_status(socket_path, as_json=args.json)
+            return ctl.ctl_watch(socket_path, as_json=args.json)
         if args.command == "demo":
             from tunplug import demo
 

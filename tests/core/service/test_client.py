@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.core.service.conftest import OUTSIDER, make_token
+from tunplug.cli import ctl
 from tunplug.cli.main import main
 from tunplug.exceptions import ConfigError
 from tunplug.service import client
@@ -53,7 +54,7 @@ def run(*args: str) -> int:
 
 
 def test_status_reads_like_wg_show():
-    assert client.format_status(STATUS, now=NOW).splitlines() == [
+    assert ctl.format_status(STATUS, now=NOW).splitlines() == [
         "interface: tunplug0",
         "  state: connected (GUI)",
         "  client: laptop",
@@ -70,7 +71,7 @@ def test_status_reads_like_wg_show():
         "  persistent keepalive: every 25 seconds",
     ]
     down = p.TunnelStatus(state="disconnected", last_error="boom")
-    assert client.format_status(down, now=NOW).splitlines() == [
+    assert ctl.format_status(down, now=NOW).splitlines() == [
         "interface: (none)", "  state: disconnected", "  last error: boom",
     ]  # fmt: skip
 
@@ -107,7 +108,7 @@ def test_a_token_from_stdin_and_a_bad_one_is_a_usage_error(harness, monkeypatch,
     err = capsys.readouterr().err
     assert err.startswith("tunplug: error: token: token is damaged") and "garbage" not in err
     with pytest.raises(ConfigError, match="no token"):
-        client.read_token(None, io.StringIO(""))
+        ctl.read_token(None, io.StringIO(""))
 
 
 def test_an_outsider_is_told_why(harness, capsys):
