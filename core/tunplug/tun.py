@@ -43,8 +43,10 @@ class TunOptions:
     """What the engine asks of a backend when it opens a device.
 
     ``name`` is the interface name (``None`` lets the backend choose, e.g. ``tunplug0`` or
-    ``utunN``). ``queues`` is the number of device queues and threads; backends without
-    multi-queue support ignore values above 1 and report ``queues == 1``. ``batch_size`` bounds
+    ``utunN``). ``queues`` is the number of device queues and threads: what users set as
+    ``--tun-threads`` / ``TUNPLUG_TUN_THREADS`` (the name Firezone's users know; the node passes
+    it here, the one place the two names meet); backends without multi-queue support ignore
+    values above 1 and report ``queues == 1``. ``batch_size`` bounds
     :meth:`Tun.recv_many` and the batch :meth:`Tun.send` accepts. ``offloads`` asks for
     segmentation offloads when the backend and kernel support them (silently off otherwise; the
     device says which in :attr:`Tun.offloads`). ``packet_ops`` are the data path's offload
