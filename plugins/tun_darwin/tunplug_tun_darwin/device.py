@@ -31,7 +31,8 @@ from __future__ import annotations
 import errno
 import sys
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from functools import partial
 from ipaddress import IPv4Network, IPv6Network
 from socket import socket
 from typing import Self
@@ -39,6 +40,7 @@ from typing import Self
 import anyio
 import anyio.lowlevel
 
+from tunplug.commands import Runner, add_routes, check_command, run_command
 from tunplug.exceptions import (
     BackendUnavailable,
     ClosedResource,
@@ -62,8 +64,6 @@ _DEVICE_GONE = frozenset(
 #: Errors that mean "not now": the packet is kept and written later.
 _WOULD_BLOCK = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 
-Runner = Callable[[Sequence[str]], tuple[int, str]]
-
 
 class DarwinUtunTun(Tun):
     """A utun device (or any connected datagram socket framed the same way).
@@ -84,7 +84,7 @@ class DarwinUtunTun(Tun):
         *,
         name: str,
         options: TunOptions,
-        run: Runner = ifconfig.run_command,
+        run: Runner = run_command,
     ) -> None:
         sock.setblocking(False)
         self.name = name
@@ -181,7 +181,9 @@ class DarwinUtunTun(Tun):
         own = set(ifconfig.own_routes(self.addresses))
         wanted = [n for n in dict.fromkeys(networks) if n not in own and n not in self._routes]
         with anyio.CancelScope(shield=True):
-            added = await anyio.to_thread.run_sync(_add_routes, self._run, self.name, wanted)
+            added = await anyio.to_thread.run_sync(
+                add_routes, self._run, partial(ifconfig.route_command, self.name), wanted
+            )
         self._routes.extend(added)
 
     @property
@@ -303,31 +305,8 @@ def _open_and_configure(unit: int, options: TunOptions) -> tuple[socket, str]:
         sock, name = open_utun(unit)
     try:
         for command in ifconfig.interface_commands(name, options.addresses, options.mtu):
-            _run(ifconfig.run_command, command)
+            check_command(run_command, command)
     except BaseException:
         sock.close()
         raise
     return sock, name
-
-
-def _add_routes(
-    run: Runner, name: str, networks: Sequence[IPv4Network | IPv6Network]
-) -> list[IPv4Network | IPv6Network]:
-    """Worker thread: add each route; on a failure remove the ones added, then raise."""
-    added: list[IPv4Network | IPv6Network] = []
-    for network in networks:
-        try:
-            _run(run, ifconfig.route_command(name, network), f"add the route to {network}")
-        except TunError:
-            for done in reversed(added):
-                run(ifconfig.route_command(name, done, delete=True))
-            raise
-        added.append(network)
-    return added
-
-
-def _run(run: Runner, command: Sequence[str], action: str | None = None) -> None:
-    status, output = run(command)
-    if status != 0:
-        what = action or " ".join(command)
-        raise TunError(f"failed to {what}: {output or f'exit status {status}'}")

@@ -9,7 +9,6 @@ been run on macOS by this project's CI.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 from ipaddress import IPv4Interface, IPv4Network, IPv6Interface, IPv6Network
 
@@ -46,12 +45,3 @@ def route_command(
     family = "-inet" if network.version == 4 else "-inet6"
     verb = "delete" if delete else "add"
     return ["route", "-q", "-n", verb, family, str(network), "-interface", name]
-
-
-def run_command(argv: Sequence[str]) -> tuple[int, str]:
-    """Run ``argv`` without a shell; return its exit status and its output (both streams)."""
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return result.returncode, (result.stdout + result.stderr).strip()

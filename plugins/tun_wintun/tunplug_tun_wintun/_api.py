@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tunplug.commands import run_command
 from tunplug.exceptions import BackendUnavailable
 from tunplug_tun_wintun._win32 import FuncTypeFactory, Iphlpapi, Kernel32
 from tunplug_tun_wintun._wintun import WintunLibrary
@@ -66,14 +67,3 @@ def load_windows_api(dll_path: str) -> WindowsApi:
         iphlpapi=Iphlpapi(iphlpapi),
         run=run_command,
     )
-
-
-def run_command(argv: Sequence[str]) -> tuple[int, str]:
-    """Run ``argv`` without a shell; return its exit status and its output (both streams)."""
-    import subprocess
-
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 1, str(exc)
-    return result.returncode, (result.stdout + result.stderr).strip()

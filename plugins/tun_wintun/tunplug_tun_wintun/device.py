@@ -41,12 +41,14 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from ipaddress import IPv4Network, IPv6Network
 from typing import ClassVar, Self
 
 import anyio
 import anyio.lowlevel
 
+from tunplug.commands import add_routes, check_command
 from tunplug.exceptions import BackendUnavailable, TunError
 from tunplug.threaded import ThreadedTun, running_asyncio_loop
 from tunplug.tun import Packet, TunOptions
@@ -234,7 +236,9 @@ class WintunTun(ThreadedTun):
         own = {address.network for address in self.addresses}
         wanted = [n for n in dict.fromkeys(networks) if n not in own and n not in self._routes]
         with anyio.CancelScope(shield=True):
-            added = await anyio.to_thread.run_sync(_add_routes, self._api, self.index, wanted)
+            added = await anyio.to_thread.run_sync(
+                add_routes, self._api.run, partial(netsh.route_command, self.index), wanted
+            )
         self._routes.extend(added)
 
     @property
@@ -352,35 +356,10 @@ def _open_adapter(
         index = api.iphlpapi.luid_to_index(wintun.adapter_luid(adapter))
         session = wintun.start_session(adapter, capacity)
         for command in netsh.interface_commands(index, options.addresses, options.mtu):
-            _run(api, command)
+            check_command(api.run, command)
     except BaseException:
         if session is not None:
             wintun.end_session(session)
         wintun.close_adapter(adapter)
         raise
     return adapter, session, index
-
-
-def _add_routes(
-    api: WindowsApi, index: int, networks: Sequence[IPv4Network | IPv6Network]
-) -> list[IPv4Network | IPv6Network]:
-    """Worker thread: add each route; on a failure remove the ones added, then raise."""
-    added: list[IPv4Network | IPv6Network] = []
-    for network in networks:
-        try:
-            _run(api, netsh.route_command(index, network), f"add the route to {network}")
-        except TunError:
-            for done in reversed(added):
-                status, output = api.run(netsh.route_command(index, done, delete=True))
-                if status != 0:
-                    log.warning("could not remove the route to %s: %s", done, output)
-            raise
-        added.append(network)
-    return added
-
-
-def _run(api: WindowsApi, command: Sequence[str], action: str | None = None) -> None:
-    status, output = api.run(command)
-    if status != 0:
-        what = action or " ".join(command)
-        raise TunError(f"failed to {what}: {output or f'exit status {status}'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ipaddress import ip_interface, ip_network
 
+from tunplug.commands import run_command
 from tunplug_tun_darwin import ifconfig
 
 
@@ -38,10 +39,10 @@ def test_own_routes_are_the_address_prefixes():
 
 
 def test_run_command_reports_status_and_output():
-    assert ifconfig.run_command(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (
+    assert run_command(["sh", "-c", "echo out; echo err >&2; exit 3"]) == (
         3,
         "out\nerr",
     )
-    status, output = ifconfig.run_command(["/nonexistent/ifconfig"])
+    status, output = run_command(["/nonexistent/ifconfig"])
     assert status == 1
     assert "nonexistent" in output
