@@ -74,7 +74,7 @@ _Device_co = TypeVar("_Device_co", covariant=True)
 @runtime_checkable
 class DeviceOwner(Protocol[_Device_co]):
     """Who owns a running tunnel's device and is the only one to replace it
-    (:class:`tunplug.node.RunningTunnel`: a reload with a new private key).
+    (:class:`tunplug.live_tunnel.RunningTunnel`: a reload with a new private key).
 
     An engine reads :attr:`device` once when it is built and subscribes to replacements, so
     that per batch it still reads one attribute of its own.
