@@ -77,6 +77,25 @@ def test_plugins_json_shows_blocked_plugins():
     assert rows["crypto-cryptography"]["distribution"] == "tunplug"
 
 
+def test_plugins_lists_each_plugins_settings_with_flag_and_variable():
+    result = run("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    flow = {item["name"]: item for item in rows["flow-log"]["settings"]}
+    assert flow["flow_logs_max_bytes"] == {
+        "name": "flow_logs_max_bytes",
+        "flag": "--flow-logs-max-bytes",
+        "env": "TUNPLUG_FLOW_LOGS_MAX_BYTES",
+        "type": "int",
+        "default": 50 * 1024 * 1024,
+        "description": "size at which the flow log file is rotated",
+    }
+    assert flow["flow_logs"]["default"] is None
+    assert rows["tun-fake"]["settings"] == []
+    table = run("plugins").stdout
+    assert "setting:--flow-logs; setting:--flow-logs-max-bytes" in table
+
+
 def test_bad_setting_is_one_line_and_exit_code_2():
     result = run("plugins", env={"TUNPLUG_TUN_THREADS": "lots"})
     assert result.returncode == 2
