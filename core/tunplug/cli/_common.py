@@ -10,12 +10,12 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from logging.handlers import RotatingFileHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tunplug.config import PluginLoading, PluginSettings, env_name
+from tunplug.config import PluginLoading, TunplugSettings, env_name, load_settings
 from tunplug.exceptions import (
     BackendUnavailable,
     BusyResource,
@@ -27,6 +27,8 @@ from tunplug.exceptions import (
 
 if TYPE_CHECKING:
     from tunplug.plugins import PluginHost
+
+S = TypeVar("S", bound=TunplugSettings)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -147,14 +149,25 @@ def add_plugin_settings(parser: argparse.ArgumentParser, plugins: PluginHost | N
                 group.add_argument(flag, dest=name, metavar=metavar, default=None, help=text)
 
 
-def plugin_overrides(args: argparse.Namespace, plugins: PluginHost) -> dict[str, Any]:
-    """The plugin settings given as flags, by field name (for ``load_settings``)."""
-    return {
-        name: getattr(args, name, None)
-        for declared in plugins.settings_models()
-        for name in declared.model.model_fields
-    }
+def command_settings(
+    args: argparse.Namespace,
+    flags: Mapping[str, str],
+    model: type[S],
+    plugins: PluginHost | None = None,
+) -> S:
+    """A command's settings: the fields in ``flags`` from ``args`` (unset ones from their
+    variables and defaults), and with ``plugins`` each plugin's settings too, from the flags
+    :func:`add_plugin_settings` added, their variables and defaults.
 
-
-def plugin_models(plugins: PluginHost) -> Sequence[type[PluginSettings]]:
-    return [declared.model for declared in plugins.settings_models()]
+    :raises ConfigError: a value is invalid (one line). :raises PluginError: a plugin's
+        setting has the name of one of ``model``'s.
+    """
+    overrides = {field: getattr(args, field, None) for field in flags}
+    if plugins is None:
+        return load_settings(overrides, flags=flags, model=model)
+    declared = plugins.settings_models()
+    for each in declared:
+        overrides.update({name: getattr(args, name, None) for name in each.model.model_fields})
+    return load_settings(
+        overrides, flags=flags, model=model, plugins=[each.model for each in declared]
+    )

@@ -24,13 +24,11 @@ from tunplug.cli import gateway_resources
 from tunplug.cli._common import (
     EXIT_OK,
     add_plugin_settings,
+    command_settings,
     load_plugins,
-    plugin_models,
-    plugin_overrides,
     run_command,
     setup_logging,
 )
-from tunplug.config import load_settings
 from tunplug.formatting import format_age, format_bytes, format_table
 from tunplug.gateway.registry import (
     DB_NAME,
@@ -291,15 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _settings(args: argparse.Namespace) -> GatewaySettings:
     """The settings of the command in ``args``; for ``run``, the plugins' settings too."""
-    overrides = {field: getattr(args, field, None) for field in FLAGS}
     plugins: PluginHost | None = getattr(args, "plugins", None)
-    if plugins is None or args.command != "run":
-        return load_settings(overrides, flags=FLAGS, model=GatewaySettings)
-    return load_settings(
-        {**overrides, **plugin_overrides(args, plugins)},
-        flags=FLAGS,
-        model=GatewaySettings,
-        plugins=plugin_models(plugins),
+    return command_settings(
+        args, FLAGS, GatewaySettings, plugins if args.command == "run" else None
     )
 
 

@@ -24,13 +24,11 @@ from tunplug.cli._common import (
     EXIT_CONFIG,
     EXIT_OK,
     add_plugin_settings,
+    command_settings,
     load_plugins,
-    plugin_models,
-    plugin_overrides,
     run_command,
     setup_logging,
 )
-from tunplug.config import load_settings
 from tunplug.control import control_channel
 from tunplug.device_id import device_id_path, load_or_create_device_id, validate_device_id
 from tunplug.endpoints import failover_tasks
@@ -202,13 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         plugins = load_plugins()
         args = build_parser(plugins).parse_args(argv)
-        overrides = {field: getattr(args, field) for field in FLAGS}
-        settings = load_settings(
-            {**overrides, **plugin_overrides(args, plugins)},
-            flags=FLAGS,
-            model=HeadlessSettings,
-            plugins=plugin_models(plugins),
-        )
+        settings = command_settings(args, FLAGS, HeadlessSettings, plugins)
         setup_logging(
             settings.log_level,
             None if args.check else settings.log_dir,

@@ -20,14 +20,12 @@ from tunplug.app import App
 from tunplug.cli._common import (
     EXIT_OK,
     add_plugin_settings,
+    command_settings,
     load_plugins,
-    plugin_models,
-    plugin_overrides,
     run_command,
     setup_logging,
 )
 from tunplug.cli.headless import add_client_options, require_net_admin
-from tunplug.config import load_settings
 from tunplug.device_id import load_or_create_device_id, validate_device_id
 from tunplug.headless.settings import DEFAULT_TOKEN_PATH
 from tunplug.headless.sources import ConfigSource, take_token_variable
@@ -103,13 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def command() -> int:
         plugins = load_plugins()
         args = build_parser(plugins).parse_args(argv)
-        overrides = {field: getattr(args, field) for field in FLAGS}
-        settings = load_settings(
-            {**overrides, **plugin_overrides(args, plugins)},
-            flags=FLAGS,
-            model=TunnelServiceSettings,
-            plugins=plugin_models(plugins),
-        )
+        settings = command_settings(args, FLAGS, TunnelServiceSettings, plugins)
         log_file = setup_logging(
             settings.log_level,
             settings.log_dir,
