@@ -300,7 +300,7 @@ def _init(args: argparse.Namespace) -> int:
     settings = _settings(args)
     state_dir = settings.state_dir
     replaced = (state_dir / DB_NAME).exists() if args.force else False
-    crypto = App(settings).crypto()
+    crypto = App(settings, args.plugins).crypto()
     with Registry.init(
         state_dir,
         endpoint=args.endpoint,
@@ -334,7 +334,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _client_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    with Registry.open(settings.state_dir, crypto=App(settings).crypto()) as registry:
+    with Registry.open(settings.state_dir, crypto=App(settings, args.plugins).crypto()) as registry:
         issued = registry.add_client(args.name, args.group)
     client = issued.client
     what = "wg-quick configuration" if args.wg_quick else "token"

@@ -14,8 +14,8 @@ from typing import Any
 
 from tunplug import __version__
 from tunplug.app import App
-from tunplug.cli._common import EXIT_OK, run_command, setup_logging
-from tunplug.config import PluginSettings, env_name, load_settings
+from tunplug.cli._common import EXIT_OK, command_settings, load_plugins, run_command, setup_logging
+from tunplug.config import PluginSettings, TunplugSettings, env_name
 from tunplug.crypto import CryptoBackend
 from tunplug.datapath import DataPath
 from tunplug.dns import DnsManager
@@ -128,19 +128,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def command() -> int:
-        settings = load_settings({"log_level": args.log_level})
+        # Plugins' settings come from their variables here (the in-process demo runs tunnels).
+        plugins = load_plugins()
+        settings = command_settings(args, {"log_level": "--log-level"}, TunplugSettings, plugins)
         setup_logging(settings.log_level)
         if args.command == "plugins":
-            return show_plugins(App(settings), as_json=args.json)
+            return show_plugins(App(settings, plugins), as_json=args.json)
         if args.command == "keygen":
-            print(format_key(App(settings).crypto().generate_private_key()))
+            print(format_key(App(settings, plugins).crypto().generate_private_key()))
             return EXIT_OK
         if args.command == "pubkey":
             try:
                 private = parse_key(sys.stdin.read(), "private key")
             except ValueError as exc:
                 raise ConfigError("stdin", str(exc)) from None
-            print(format_key(App(settings).crypto().public_key(private)))
+            print(format_key(App(settings, plugins).crypto().public_key(private)))
             return EXIT_OK
         if args.command in ("ctl", "status"):
             from tunplug.cli import ctl
@@ -168,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.in_process or reason:
                 if reason and not args.in_process:
                     print(f"({reason}: running the in-process demo instead)")
-                return demo.run_in_process_demo(App(settings), count=args.count)
+                return demo.run_in_process_demo(App(settings, plugins), count=args.count)
             return demo.run_live_demo(count=args.count)
         raise AssertionError(args.command)
 
