@@ -398,14 +398,19 @@ def decode_request(payload: bytes) -> Request:
 def decode_reply(payload: bytes) -> Reply | None:
     """A reply or event from the service; None for a type this client does not know (skip it).
 
-    :raises ProtocolError: not a JSON object, or a known type with invalid fields.
+    :raises ProtocolError: not a JSON object, a ``type`` that is missing or not a string, or a
+        known type with invalid fields.
     """
     data = _parse_object(payload)
-    if data.get("type") not in REPLY_TYPES:
+    kind = data.get("type")
+    if not isinstance(kind, str):
+        # Not a newer type this client may skip: no type at all (an object is unhashable).
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, "a reply's type is missing or not a string")
+    if kind not in REPLY_TYPES:
         return None
     try:
         return REPLIES.validate_python(data)
     except ValidationError as exc:
         raise ProtocolError(
-            ErrorCode.INVALID_MESSAGE, f"{data['type']}: {_validation_message(exc)}"
+            ErrorCode.INVALID_MESSAGE, f"{kind}: {_validation_message(exc)}"
         ) from None

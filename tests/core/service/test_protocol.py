@@ -68,6 +68,16 @@ def test_unknown_fields_are_ignored_for_forward_compatibility():
 
 
 @pytest.mark.parametrize(
+    "payload", [b'{"id": 3, "type": {"": "a"}}', b'{"id": 3, "type": 7}', b'{"id": 3}']
+)
+def test_a_reply_whose_type_is_missing_or_not_a_string_is_a_protocol_error(payload):
+    # Found by the service_frames fuzzer: an object as "type" was a TypeError (unhashable).
+    with pytest.raises(p.ProtocolError) as caught:
+        p.decode_reply(payload)
+    assert caught.value.code == p.ErrorCode.INVALID_MESSAGE
+
+
+@pytest.mark.parametrize(
     ("header", "code"),
     [(0, p.ErrorCode.MALFORMED_MESSAGE), (p.MAX_MESSAGE_SIZE + 1, p.ErrorCode.MESSAGE_TOO_LARGE),
      (2**32 - 1, p.ErrorCode.MESSAGE_TOO_LARGE)],
