@@ -15,6 +15,7 @@ decrypted it (cryptokey routing).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from tunplug.crypto import Aead
 from tunplug.wireguard.constants import (
@@ -28,7 +29,7 @@ from tunplug.wireguard.constants import (
 )
 from tunplug.wireguard.cookie import CookieChecker, LoadMonitor, source_bytes
 from tunplug.wireguard.endpoint import Endpoint
-from tunplug.wireguard.ip import declared_length, source_address
+from tunplug.wireguard.ip import inner_headers
 from tunplug.wireguard.messages import COOKIE_REPLY, FIXED_SIZES, RESPONSE, TRANSPORT_HEADER
 from tunplug.wireguard.noise import (
     HandshakeError,
@@ -41,6 +42,9 @@ from tunplug.wireguard.noise import (
 from tunplug.wireguard.peer import Keypair, Peer, ReplayCheck
 from tunplug.wireguard.send import SendMixin
 from tunplug.wireguard.state import Output
+
+if TYPE_CHECKING:
+    from tunplug.tun import Packet
 
 
 class ReceiveMixin(SendMixin):
@@ -257,12 +261,13 @@ class ReceiveMixin(SendMixin):
         out: Output,
     ) -> None:
         plaintexts = keypair.receive.open_many(counters, ciphertexts)
+        headers = inner_headers(plaintexts)
         peer = keypair.peer
         replay = keypair.replay.check
         lookup_source = self._routes.lookup_packed
         # A batch comes from few inner sources: check each once (AllowedIPs cannot change
         # within the call).
-        allowed_sources: dict[bytes | None, bool] = {}
+        allowed_sources: dict[Packet, bool] = {}
         to_tun = out.to_tun
         drops = self.drops
         authenticated = 0
@@ -285,11 +290,11 @@ class ReceiveMixin(SendMixin):
                 continue
             data_packets += 1
             size = len(plaintext)
-            length = declared_length(plaintext)
-            if length is None or length > size:
+            header = headers[i]
+            if header is None or header[0] > size:
                 drops["bad-inner-packet"] += 1
                 continue
-            source = source_address(plaintext)  # not None: the header is whole
+            length, source = header
             allowed = allowed_sources.get(source)
             if allowed is None:
                 allowed = allowed_sources[source] = lookup_source(source) is peer

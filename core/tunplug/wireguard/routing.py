@@ -127,7 +127,7 @@ class AllowedIPs(Generic[Value]):
             return self._v4.lookup(int(parsed))
         return self._v6.lookup(int(parsed))
 
-    def lookup_packed(self, address: bytes | None) -> Value | None:
+    def lookup_packed(self, address: Packet | None) -> Value | None:
         """The value for a packed address (4 bytes IPv4, 16 bytes IPv6) as :mod:`.ip` gives
         it; ``None`` for ``None``."""
         if address is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tunplug.wireguard.ip import destination_address
+from tunplug.wireguard.ip import destinations
 from tunplug.wireguard.messages import padded
 from tunplug.wireguard.noise import HandshakeError, create_initiation, tai64n
 from tunplug.wireguard.peer import Keypair, Peer
@@ -73,8 +73,7 @@ class SendMixin(DeviceState):
         lookup = self._routes.lookup_packed
         # A batch goes to few destinations: route each once.
         routed: dict[bytes, Peer | None] = {}
-        for packet in packets:
-            destination = destination_address(packet)
+        for packet, destination in zip(packets, destinations(packets), strict=True):
             if destination is None:
                 self.drops["no-route"] += 1
                 continue
