@@ -6,7 +6,13 @@ import ipaddress
 
 import pytest
 
-from tunplug.wireguard.ip import declared_length, destination_address, source_address
+from tunplug.wireguard.ip import (
+    declared_length,
+    destination_address,
+    destinations,
+    inner_headers,
+    source_address,
+)
 
 from ._fakenet import ipv4_packet, ipv6_packet
 
@@ -44,3 +50,16 @@ def test_ipv4_total_length_below_the_header_is_no_length() -> None:
     packet = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2"))
     packet[2:4] = (19).to_bytes(2, "big")
     assert declared_length(packet) is None
+
+
+def test_a_batch_is_read_in_one_call_packet_by_packet() -> None:
+    v4 = ipv4_packet("10.0.0.1", "192.0.2.7", b"abc")
+    v6 = ipv6_packet("fd00::1", "2001:db8::2", b"abcd")
+    batch = [v4, b"\x75" + bytes(40), v6, b""]
+    assert destinations(batch) == [bytes([192, 0, 2, 7]), None, destination_address(v6), None]
+    assert inner_headers([v4, None, v6 + bytes(3), b"\x45" + bytes(10)]) == [
+        (23, v4[12:16]),
+        None,
+        (44, v6[8:24]),
+        None,
+    ]
