@@ -253,8 +253,9 @@ class RunningTunnel:
                 device.add_peer(peer_config)  # updates in place, sessions kept
         old_routes = [n for n in allowed_networks(old) if n.prefixlen]
         new_routes = [n for n in allowed_networks(new) if n.prefixlen]
-        removed = tuple(n for n in old_routes if n not in set(new_routes))
-        added = tuple(n for n in new_routes if n not in set(old_routes))
+        old_set, new_set = set(old_routes), set(new_routes)
+        removed = tuple(n for n in old_routes if n not in new_set)
+        added = tuple(n for n in new_routes if n not in old_set)
         # Only when there is something to change: a backend that manages no routes (the fake
         # one, WinTun and utun cannot remove any) still reloads everything else.
         if removed:

@@ -17,8 +17,7 @@ so two tunnels in one process never share it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from tunplug.tun import Packet
@@ -71,7 +70,6 @@ class Closing(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
 class Pipeline:
     """The stages of one tunnel, in hook order outbound and in reverse order inbound.
 
@@ -79,19 +77,14 @@ class Pipeline:
     both paths, nearest to the device. :meth:`close` closes the stages in reverse order.
     """
 
-    stages: Sequence[Stage] = field(default_factory=tuple)
-    _tickers: tuple[tuple[str, Callable[[], None]], ...] = field(init=False, repr=False)
-    _closers: tuple[tuple[str, Callable[[], None]], ...] = field(init=False, repr=False)
-    _closed: list[bool] = field(init=False, repr=False)
+    __slots__ = ("_closed", "_closers", "_tickers", "stages")
 
-    def __post_init__(self) -> None:
-        stages = tuple(self.stages)
-        object.__setattr__(self, "stages", stages)
-        tickers = tuple((s.name, s.tick) for s in stages if isinstance(s, Ticking))
-        closers = tuple((s.name, s.close) for s in reversed(stages) if isinstance(s, Closing))
-        object.__setattr__(self, "_tickers", tickers)
-        object.__setattr__(self, "_closers", closers)
-        object.__setattr__(self, "_closed", [False])
+    def __init__(self, stages: Sequence[Stage] = ()) -> None:
+        self.stages: tuple[Stage, ...] = tuple(stages)
+        # The optional parts of the protocol, found once.
+        self._tickers = [(s.name, s.tick) for s in self.stages if isinstance(s, Ticking)]
+        self._closers = [(s.name, s.close) for s in reversed(self.stages) if isinstance(s, Closing)]
+        self._closed = False
 
     def outbound(self, packets: list[Packet]) -> list[Packet]:
         for stage in self.stages:
@@ -123,9 +116,9 @@ class Pipeline:
 
         Never raises: a stage failing to close is logged and the others are still closed.
         """
-        if self._closed[0]:
+        if self._closed:
             return
-        self._closed[0] = True
+        self._closed = True
         for name, close in self._closers:
             try:
                 close()

@@ -245,7 +245,8 @@ class PluginHost:
             yield name, self.pm.subset_hook_caller(hook_name, remove_plugins=others)
 
     def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """``hook_name``'s non-``None`` results, each with the plugin that returned it."""
+        """``hook_name``'s results, each with the plugin that returned it (pluggy leaves out
+        ``None``)."""
         return [
             (name, result)
             for name, caller in self._callers(hook_name)
@@ -291,8 +292,6 @@ class PluginHost:
         models: list[PluginSettingsModel] = []
         owners: dict[str, str] = {name: "tunplug's own settings" for name in CORE_FIELDS}
         for plugin_name, model in self._call_each("tunplug_add_settings"):
-            if model is None:
-                continue
             record = self.records[plugin_name]
             who = f"plugin {record.name} ({record.distribution})"
             if not (isinstance(model, type) and issubclass(model, PluginSettings)):
@@ -306,7 +305,7 @@ class PluginHost:
                         f"{who} declares setting {field_name!r}, which {owners[field_name]} "
                         "already has; prefix a plugin's settings with its name"
                     )
-                owners[field_name] = f"{who}"
+                owners[field_name] = who
             record.settings = list(model.model_fields)
             models.append(PluginSettingsModel(plugin_name, model))
         self._settings_models = models
